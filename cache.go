@@ -1,0 +1,523 @@
+package flatten
+
+import (
+	"container/heap"
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// cacheKey names one resolved chain.
+type cacheKey struct {
+	name  string // the target, a lowercased FQDN
+	qtype uint16 // dns.TypeA or dns.TypeAAAA
+	// scope is an EDNS Client Subnet scope (RFC 7871 7.3) the answer is valid for; "" means
+	// every client. Nothing sets it yet: it is the room the ECS option will use.
+	scope string
+}
+
+// entry is one resolved chain and when it was fetched. Entries are never modified once stored.
+type entry struct {
+	chain    *chain
+	fetched  time.Time
+	lifetime time.Duration // the chain's TTL clamped by `ttl MIN MAX`
+	expires  time.Time     // fetched + lifetime
+}
+
+// failure is a remembered resolution failure (RFC 9520): while it lasts, nobody asks upstream
+// again for the same key.
+type failure struct {
+	err   *resolveError
+	at    time.Time
+	until time.Time
+}
+
+// flight is one resolution in progress; every request for the same key waits on it
+// instead of asking upstream again.
+type flight struct {
+	done  chan struct{}
+	entry *entry
+	err   *resolveError
+}
+
+// slot holds everything known about one key. Reads on the answer path are lock-free.
+type slot struct {
+	key    cacheKey
+	pinned bool // belongs to a configured alias: never evicted, refreshed on a schedule
+
+	good atomic.Pointer[entry]   // the last successful resolution, positive or negative
+	fail atomic.Pointer[failure] // the last failure, cleared by the next success
+
+	mu     sync.Mutex
+	flight *flight
+
+	// Refresh schedule of a pinned slot, guarded by cache.schedMu.
+	due     time.Time
+	backoff time.Duration
+	index   int  // position in the schedule heap, -1 when not in it
+	tried   bool // the startup round has tried this slot once
+}
+
+// source says where an answer comes from, for the failure ladder and metrics.
+type source int
+
+const (
+	srcFresh source = iota
+	srcStale
+	srcNone // nothing to serve: the caller falls back to zone data, then SERVFAIL
+)
+
+const (
+	// failureTTL is how long a failure is remembered (RFC 9520 3.2: at least 1 s, at most
+	// 5 minutes). Short, so that a recovered upstream is used again quickly.
+	failureTTL = 5 * time.Second
+	// staleTTL is the TTL of a stale answer (RFC 8767 4).
+	staleTTL = 30
+	// minRefresh and maxBackoff bound the background refresh of configured aliases.
+	minRefresh = time.Second
+	maxBackoff = time.Minute
+	// refreshWorkers bounds concurrent background resolutions.
+	refreshWorkers = 16
+)
+
+// resolveFunc resolves a key upstream; the walker in production, a fake in tests.
+type resolveFunc func(ctx context.Context, k cacheKey) (*chain, error)
+
+// cache holds resolved chains. Configured aliases have pinned slots that are resolved at startup
+// and refreshed in the background before they expire; other keys get slots on demand, bounded
+// by capacity and refreshed ahead of expiry when a query finds them close to it (prefetch).
+type cache struct {
+	resolve  resolveFunc
+	now      func() time.Time
+	ttlMin   uint32
+	ttlMax   uint32
+	prefetch float64       // refresh when less than this fraction of the lifetime is left
+	stale    time.Duration // how long past expiry an entry may be served (RFC 8767)
+	timeout  time.Duration // the most a client waits for a resolution
+	capacity int           // most slots made on demand
+	server   string        // metrics label for work done outside any query
+
+	mu     sync.RWMutex
+	slots  map[cacheKey]*slot
+	demand int // slots made on demand (not pinned)
+
+	schedMu  sync.Mutex
+	schedule refreshHeap
+	pending  int // pinned slots the startup round has not tried yet
+
+	base   context.Context // cancelled on stop: ends every background resolution
+	cancel context.CancelFunc
+	kick   chan struct{}
+	wg     sync.WaitGroup
+	sem    chan struct{}
+
+	started atomic.Bool
+	stopped atomic.Bool
+}
+
+func newCache(resolve resolveFunc) *cache {
+	base, cancel := context.WithCancel(context.Background())
+	return &cache{
+		resolve:  resolve,
+		now:      time.Now,
+		ttlMin:   defaultTTLMin,
+		ttlMax:   defaultTTLMax,
+		prefetch: defaultPrefetch,
+		stale:    defaultServeStale,
+		timeout:  defaultTimeout,
+		capacity: defaultCapacity,
+		slots:    make(map[cacheKey]*slot),
+		base:     base,
+		cancel:   cancel,
+		kick:     make(chan struct{}, 1),
+		sem:      make(chan struct{}, refreshWorkers),
+	}
+}
+
+// pin returns the pinned slot for k, making it if needed. Called at setup, before start.
+func (c *cache) pin(k cacheKey) *slot {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s, ok := c.slots[k]; ok {
+		if !s.pinned {
+			s.pinned = true
+			c.demand--
+		}
+		return s
+	}
+	s := &slot{key: k, pinned: true, index: -1}
+	c.slots[k] = s
+	return s
+}
+
+// slotFor returns the slot for k, making an on-demand one if needed and evicting another
+// on-demand slot when capacity is reached.
+func (c *cache) slotFor(k cacheKey) *slot {
+	c.mu.RLock()
+	s, ok := c.slots[k]
+	c.mu.RUnlock()
+	if ok {
+		return s
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s, ok := c.slots[k]; ok {
+		return s
+	}
+	if c.demand >= c.capacity {
+		c.evictLocked()
+	}
+	s = &slot{key: k, index: -1}
+	c.slots[k] = s
+	c.demand++
+	cacheEntries.WithLabelValues(c.server).Set(float64(len(c.slots)))
+	return s
+}
+
+// evictLocked drops one on-demand slot, an expired one if the first few looked at include one,
+// else the first found. Go's map iteration starts at a random place, so this is random eviction,
+// as in CoreDNS's own cache, without bookkeeping on the read path.
+func (c *cache) evictLocked() {
+	now := c.now()
+	var victim *slot
+	looked := 0
+	for _, s := range c.slots {
+		if s.pinned {
+			continue
+		}
+		if victim == nil {
+			victim = s
+		}
+		if e := s.good.Load(); e == nil || now.After(e.expires) {
+			victim = s
+			break
+		}
+		if looked++; looked >= 8 {
+			break
+		}
+	}
+	if victim != nil {
+		delete(c.slots, victim.key)
+		c.demand--
+	}
+}
+
+func (c *cache) len() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.slots)
+}
+
+// get returns what to answer for s: an entry and where it comes from. It asks upstream only when
+// nothing fresh is known and no failure is remembered, and never keeps a client waiting longer
+// than the timeout. The ladder (RFC 8767): fresh, then stale within the window, then nothing
+// (the caller's fallback and SERVFAIL), with the failure that explains it.
+func (c *cache) get(ctx context.Context, s *slot) (*entry, source, *resolveError) {
+	now := c.now()
+	e := s.good.Load()
+	if e != nil && now.Before(e.expires) {
+		if !s.pinned && e.expires.Sub(now) < time.Duration(float64(e.lifetime)*c.prefetch) {
+			c.refreshAsync(ctx, s)
+		}
+		return e, srcFresh, nil
+	}
+
+	f := s.fail.Load()
+	if f != nil && now.Before(f.until) {
+		return c.staleOr(e, now, f.err)
+	}
+	if f != nil && c.usable(e, now) {
+		// The last try failed and a stale answer exists: answer with it at once and retry in
+		// the background, so that an outage costs clients no waiting after its first query.
+		c.refreshAsync(ctx, s)
+		return c.staleOr(e, now, f.err)
+	}
+
+	fl := c.join(ctx, s)
+	t := time.NewTimer(c.timeout)
+	defer t.Stop()
+	select {
+	case <-fl.done:
+		if fl.err == nil {
+			return fl.entry, srcFresh, nil
+		}
+		return c.staleOr(e, c.now(), fl.err)
+	case <-t.C:
+		return c.staleOr(e, c.now(), errTimeout(s.key.name))
+	case <-ctx.Done():
+		return c.staleOr(e, c.now(), errTimeout(s.key.name))
+	}
+}
+
+// usable reports whether e may still be served, fresh or stale.
+func (c *cache) usable(e *entry, now time.Time) bool {
+	return e != nil && now.Before(e.expires.Add(c.stale))
+}
+
+func (c *cache) staleOr(e *entry, now time.Time, err *resolveError) (*entry, source, *resolveError) {
+	if c.usable(e, now) {
+		return e, srcStale, err
+	}
+	return nil, srcNone, err
+}
+
+// join returns the flight for s, starting one if none is in progress. ctx gives the resolution
+// its values (the server to resolve through, the self-lookup path), not its lifetime: a flight
+// outlives the client that started it, up to the timeout, and ends when the cache stops.
+func (c *cache) join(ctx context.Context, s *slot) *flight {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.flight != nil {
+		return s.flight
+	}
+	fl := &flight{done: make(chan struct{})}
+	s.flight = fl
+	cacheMisses.WithLabelValues(c.server).Inc()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.run(context.WithoutCancel(ctx), s, fl)
+	}()
+	return fl
+}
+
+// refreshAsync starts a background resolution of s unless one is in progress.
+func (c *cache) refreshAsync(ctx context.Context, s *slot) {
+	if c.stopped.Load() {
+		return
+	}
+	s.mu.Lock()
+	busy := s.flight != nil
+	s.mu.Unlock()
+	if !busy {
+		refreshes.WithLabelValues(c.server).Inc()
+		c.join(ctx, s)
+	}
+}
+
+// run resolves s and publishes the outcome to the slot and the flight's waiters.
+func (c *cache) run(ctx context.Context, s *slot, fl *flight) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	stop := context.AfterFunc(c.base, cancel)
+	defer stop()
+
+	start := time.Now()
+	ch, err := c.resolve(ctx, s.key)
+	lookupDuration.WithLabelValues(c.server).Observe(time.Since(start).Seconds())
+
+	now := c.now()
+	if err != nil {
+		re := asResolveError(s.key.name, err)
+		// Having no server to resolve through yet is not the upstream's failure: the next
+		// query brings one, so it must not be turned away for failureTTL.
+		if re != errNoServer {
+			s.fail.Store(&failure{err: re, at: now, until: now.Add(failureTTL)})
+		}
+		fl.err = re
+	} else {
+		fl.entry = c.newEntry(ch, now)
+		s.good.Store(fl.entry)
+		s.fail.Store(nil)
+	}
+	s.mu.Lock()
+	s.flight = nil
+	s.mu.Unlock()
+	close(fl.done)
+}
+
+func (c *cache) newEntry(ch *chain, now time.Time) *entry {
+	ttl := min(max(ch.ttl, c.ttlMin), c.ttlMax)
+	life := time.Duration(ttl) * time.Second
+	return &entry{chain: ch, fetched: now, lifetime: life, expires: now.Add(life)}
+}
+
+// ttl is the TTL to answer with from e at now: the time left, counting down like a resolver's
+// cache so that no downstream cache keeps the addresses longer than their owner allowed, within
+// `ttl MIN MAX`. A stale answer has the RFC 8767 TTL.
+func (c *cache) ttl(e *entry, src source, now time.Time) uint32 {
+	if src == srcStale {
+		return staleTTL
+	}
+	left := uint32(max(e.expires.Sub(now)/time.Second, 0))
+	return min(max(left, c.ttlMin), c.ttlMax)
+}
+
+// start begins the startup round and the background refresh of pinned slots.
+func (c *cache) start() {
+	if c.started.Swap(true) {
+		return
+	}
+	now := c.now()
+	c.schedMu.Lock()
+	c.mu.RLock()
+	for _, s := range c.slots {
+		if s.pinned && s.index < 0 {
+			s.due = now
+			heap.Push(&c.schedule, s)
+			c.pending++
+		}
+	}
+	c.mu.RUnlock()
+	c.schedMu.Unlock()
+	c.wg.Add(1)
+	go c.refresher()
+}
+
+// stop ends all background work and waits for it. Resolutions in flight are cancelled.
+func (c *cache) stop() {
+	if c.stopped.Swap(true) {
+		return
+	}
+	c.cancel()
+	c.wg.Wait()
+}
+
+// ready reports whether the startup round has tried every configured alias once.
+func (c *cache) ready() bool {
+	c.schedMu.Lock()
+	defer c.schedMu.Unlock()
+	return c.pending == 0
+}
+
+// wake makes the refresher look at its schedule now (for example when the server to resolve
+// through becomes known).
+func (c *cache) wake() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// wakeUnresolved makes every pinned slot that has no answer yet due now, and wakes the refresher.
+func (c *cache) wakeUnresolved() {
+	now := c.now()
+	c.schedMu.Lock()
+	for _, s := range c.schedule {
+		if s.good.Load() == nil {
+			s.due = now
+			s.backoff = 0
+		}
+	}
+	heap.Init(&c.schedule)
+	c.schedMu.Unlock()
+	c.wake()
+}
+
+func (c *cache) refresher() {
+	defer c.wg.Done()
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	for {
+		wait := c.runDue()
+		t.Reset(wait)
+		select {
+		case <-c.base.Done():
+			return
+		case <-c.kick:
+			if !t.Stop() {
+				select {
+				case <-t.C:
+				default:
+				}
+			}
+		case <-t.C:
+		}
+	}
+}
+
+// runDue starts the refresh of every pinned slot that is due, at most refreshWorkers at a time,
+// and returns how long until the next one is due.
+func (c *cache) runDue() time.Duration {
+	for {
+		now := c.now()
+		c.schedMu.Lock()
+		if len(c.schedule) == 0 {
+			c.schedMu.Unlock()
+			return time.Hour
+		}
+		s := c.schedule[0]
+		if s.due.After(now) {
+			c.schedMu.Unlock()
+			return s.due.Sub(now)
+		}
+		heap.Pop(&c.schedule)
+		c.schedMu.Unlock()
+
+		select {
+		case c.sem <- struct{}{}:
+		case <-c.base.Done():
+			return time.Hour
+		}
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			defer func() { <-c.sem }()
+			c.refreshPinned(s)
+		}()
+	}
+}
+
+// refreshPinned resolves a pinned slot (joining a flight a client may have started) and puts it
+// back on the schedule: before it expires after a success, with backoff after a failure.
+func (c *cache) refreshPinned(s *slot) {
+	refreshes.WithLabelValues(c.server).Inc()
+	fl := c.join(c.base, s)
+	select {
+	case <-fl.done:
+	case <-c.base.Done():
+		return
+	}
+
+	now := c.now()
+	c.schedMu.Lock()
+	defer c.schedMu.Unlock()
+	if !s.tried {
+		s.tried = true
+		c.pending--
+	}
+	if fl.err == nil {
+		s.backoff = 0
+		left := time.Duration(float64(fl.entry.lifetime) * (1 - c.prefetch))
+		s.due = fl.entry.fetched.Add(max(left, minRefresh))
+	} else {
+		s.backoff = min(max(2*s.backoff, minRefresh), maxBackoff)
+		s.due = now.Add(s.backoff)
+	}
+	heap.Push(&c.schedule, s)
+}
+
+// refreshHeap orders pinned slots by when they are due.
+type refreshHeap []*slot
+
+func (h refreshHeap) Len() int           { return len(h) }
+func (h refreshHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h refreshHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+func (h *refreshHeap) Push(x any) {
+	s := x.(*slot)
+	s.index = len(*h)
+	*h = append(*h, s)
+}
+func (h *refreshHeap) Pop() any {
+	old := *h
+	n := len(old)
+	s := old[n-1]
+	old[n-1] = nil
+	s.index = -1
+	*h = old[:n-1]
+	return s
+}
+
+// qtypeIndex maps the two address types to 0 and 1, for per-type arrays.
+func qtypeIndex(qtype uint16) int {
+	if qtype == dns.TypeAAAA {
+		return 1
+	}
+	return 0
+}

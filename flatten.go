@@ -1,0 +1,296 @@
+// Package flatten implements CNAME flattening for CoreDNS: configured names, typically a zone
+// apex, answer A and AAAA queries with the final addresses of a target hostname's CNAME chain,
+// as if they were the name's own records, while every other query goes to the next plugin.
+package flatten
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/coredns/coredns/plugin"
+	"github.com/coredns/coredns/plugin/metrics"
+
+	"github.com/miekg/dns"
+)
+
+// Defaults of the Corefile options.
+const (
+	defaultMaxDepth   = 8 // the bound *file* uses when it chases CNAMEs (plugin/file/lookup.go)
+	maxMaxDepth       = 16
+	defaultTimeout    = 2 * time.Second
+	defaultTTLMin     = 5
+	defaultTTLMax     = 3600
+	defaultCapacity   = 10000
+	defaultPrefetch   = 0.10
+	defaultServeStale = time.Hour
+)
+
+// Flatten is the plugin handler.
+type Flatten struct {
+	Next  plugin.Handler
+	Zones []string
+
+	aliases    map[string]*alias // by lowercased name
+	upstreams  []string          // resolver addresses; empty: resolve through this server
+	maxDepth   int
+	timeout    time.Duration
+	ttlMin     uint32
+	ttlMax     uint32
+	capacity   int
+	prefetch   float64
+	serveStale time.Duration
+
+	cache   *cache
+	self    *selfExchanger  // set when resolving through this server
+	proxies *proxyExchanger // set when resolving through upstream addresses
+}
+
+// alias is one configured `alias NAME TARGET`.
+type alias struct {
+	name   string // lowercased FQDN
+	zone   string // the zone of ZONES that holds name
+	target string // lowercased FQDN
+	slots  [2]*slot
+}
+
+// New returns a Flatten with the default settings and no aliases.
+func New() *Flatten {
+	return &Flatten{
+		aliases:    make(map[string]*alias),
+		maxDepth:   defaultMaxDepth,
+		timeout:    defaultTimeout,
+		ttlMin:     defaultTTLMin,
+		ttlMax:     defaultTTLMax,
+		capacity:   defaultCapacity,
+		prefetch:   defaultPrefetch,
+		serveStale: defaultServeStale,
+	}
+}
+
+// init builds the resolution path (upstream, walker, cache) from the settings. It opens no
+// socket and starts no goroutine: that is OnStartup's job.
+func (f *Flatten) init(server string) {
+	var ex exchanger
+	if len(f.upstreams) == 0 {
+		f.self = newSelfExchanger()
+		ex = f.self
+	} else {
+		f.proxies = newProxyExchanger(f.upstreams, f.timeout)
+		ex = f.proxies
+	}
+	w := &walker{ex: ex, maxDepth: f.maxDepth}
+	f.initCache(func(ctx context.Context, k cacheKey) (*chain, error) {
+		return w.resolve(withPath(ctx, k.name), k.name, k.qtype)
+	}, server)
+}
+
+// initCache makes the cache in front of resolve and pins a slot per alias and address type.
+func (f *Flatten) initCache(resolve resolveFunc, server string) {
+	c := newCache(resolve)
+	c.ttlMin, c.ttlMax = f.ttlMin, f.ttlMax
+	c.prefetch, c.stale = f.prefetch, f.serveStale
+	c.timeout, c.capacity, c.server = f.timeout, f.capacity, server
+	c.base = withServerLabel(c.base, server)
+	for _, a := range f.aliases {
+		a.slots[0] = c.pin(cacheKey{name: a.target, qtype: dns.TypeA})
+		a.slots[1] = c.pin(cacheKey{name: a.target, qtype: dns.TypeAAAA})
+	}
+	f.cache = c
+}
+
+// OnStartup starts the upstream transports and the background resolution of every alias.
+func (f *Flatten) OnStartup() error {
+	if f.proxies != nil {
+		f.proxies.start()
+	}
+	f.cache.start()
+	return nil
+}
+
+// OnShutdown stops all background work of this instance; it runs on shutdown and when the
+// *reload* plugin replaces the instance.
+func (f *Flatten) OnShutdown() error {
+	f.cache.stop()
+	if f.proxies != nil {
+		f.proxies.stop()
+	}
+	return nil
+}
+
+// Ready implements the ready.Readiness interface: true once every alias has been resolved (or
+// tried) once at startup. When resolving through this server, that waits for the first query,
+// because only a query brings the server to resolve through; until then Ready reports true,
+// so that the readiness probe does not hold back the traffic that warms the cache.
+func (f *Flatten) Ready() bool {
+	if f.self != nil && f.self.server.Load() == nil {
+		return true
+	}
+	return f.cache.ready()
+}
+
+// Name implements the plugin.Handler interface.
+func (f *Flatten) Name() string { return "flatten" }
+
+// ServeDNS implements the plugin.Handler interface.
+func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
+	if f.self != nil && f.self.server.Load() == nil && f.self.observe(ctx) {
+		// The server to resolve through is known at last: warm the aliases now.
+		f.cache.wakeUnresolved()
+	}
+
+	a := f.intercept(r)
+	if a == nil {
+		return plugin.NextOrFailure(f.Name(), f.Next, ctx, w, r)
+	}
+	server := metrics.WithServer(ctx)
+	requests.WithLabelValues(server).Inc()
+
+	// A lookup through this server that comes back to a name whose target is already being
+	// resolved further up is a loop (a flattened name whose chain leads back to itself).
+	if p := pathFrom(ctx); p.contains(a.target) || p.len() > f.maxDepth {
+		return f.servfail(w, r, errLoop(a.target))
+	}
+
+	qtype := r.Question[0].Qtype
+	e, src, rerr := f.cache.get(ctx, a.slots[qtypeIndex(qtype)])
+	switch src {
+	case srcFresh:
+		cacheHits.WithLabelValues(server).Inc()
+		return f.answer(ctx, w, r, a, e, src)
+	case srcStale:
+		staleAnswers.WithLabelValues(server).Inc()
+		return f.answer(ctx, w, r, a, e, src)
+	}
+
+	// Nothing to serve from the cache: the zone's own records at the name (the ANAME draft's
+	// sibling addresses), else SERVFAIL that says why.
+	if rrs := f.zoneAddrs(ctx, w, r); len(rrs) > 0 {
+		fallbackAnswers.WithLabelValues(server).Inc()
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Authoritative = true
+		m.Answer = rrs
+		w.WriteMsg(m)
+		return dns.RcodeSuccess, nil
+	}
+	return f.servfail(w, r, rerr)
+}
+
+// intercept returns the alias a query is for, or nil when the query is not ours: only
+// opcode QUERY, class IN, type A or AAAA, at a configured name (any letter case).
+func (f *Flatten) intercept(r *dns.Msg) *alias {
+	if r.Opcode != dns.OpcodeQuery || len(r.Question) != 1 {
+		return nil
+	}
+	q := r.Question[0]
+	if q.Qclass != dns.ClassINET || (q.Qtype != dns.TypeA && q.Qtype != dns.TypeAAAA) {
+		return nil
+	}
+	// strings.ToLower does not allocate when the name is already lower case.
+	return f.aliases[strings.ToLower(q.Name)]
+}
+
+// answer writes a flattened answer from e: the address RRset under the question name exactly
+// as the client spelled it, AA set, no CNAME. A target without addresses of the type gets
+// NODATA with the zone's SOA (RFC 2308 2.2), never NXDOMAIN: the name exists and owns the
+// zone's other records.
+func (f *Flatten) answer(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, a *alias, e *entry, src source) (int, error) {
+	ttl := f.cache.ttl(e, src, f.cache.now())
+	m := new(dns.Msg)
+	m.SetReply(r)
+	m.Authoritative = true
+	if e.chain.negative() {
+		if soa := f.zoneSOA(ctx, w, r, a.zone); soa != nil {
+			// The SOA's TTL is how long resolvers cache the NODATA (RFC 2308 5): no longer than
+			// we will keep the target's negative answer.
+			soa.Hdr.Ttl = min(soa.Hdr.Ttl, soa.Minttl, ttl)
+			m.Ns = []dns.RR{soa}
+		}
+	} else {
+		m.Answer = renamed(e.chain.addrs, r.Question[0].Name, ttl)
+	}
+	if src == srcStale && r.IsEdns0() != nil {
+		addEDE(m, dns.ExtendedErrorCodeStaleAnswer, "")
+	}
+	w.WriteMsg(m)
+	return dns.RcodeSuccess, nil
+}
+
+// servfail writes a SERVFAIL that carries, to EDNS clients, an Extended DNS Error (RFC 8914)
+// saying why. It is written here rather than left to the server so that the EDE reaches the
+// client; the error is returned for the *errors* plugin to log.
+func (f *Flatten) servfail(w dns.ResponseWriter, r *dns.Msg, err *resolveError) (int, error) {
+	if err == nil {
+		err = errTimeout(r.Question[0].Name)
+	}
+	m := new(dns.Msg)
+	m.SetRcode(r, dns.RcodeServerFailure)
+	if r.IsEdns0() != nil {
+		addEDE(m, err.ede, err.text)
+	}
+	w.WriteMsg(m)
+	return dns.RcodeSuccess, plugin.Error(f.Name(), err)
+}
+
+// addEDE adds an Extended DNS Error option to m. The server's scrub writer sets the OPT record's
+// buffer size and DO bit from the client's query (request.SizeAndDo).
+func addEDE(m *dns.Msg, code uint16, text string) {
+	o := m.IsEdns0()
+	if o == nil {
+		m.SetEdns0(udpSize, false)
+		o = m.IsEdns0()
+	}
+	o.Option = append(o.Option, &dns.EDNS0_EDE{InfoCode: code, ExtraText: text})
+}
+
+// renamed returns copies of the address records addrs owned by owner with the given TTL. The
+// cached records are shared between queries and never modified.
+func renamed(addrs []dns.RR, owner string, ttl uint32) []dns.RR {
+	out := make([]dns.RR, len(addrs))
+	for i, rr := range addrs {
+		hdr := dns.RR_Header{Name: owner, Rrtype: rr.Header().Rrtype, Class: dns.ClassINET, Ttl: ttl}
+		switch v := rr.(type) {
+		case *dns.A:
+			out[i] = &dns.A{Hdr: hdr, A: v.A}
+		case *dns.AAAA:
+			out[i] = &dns.AAAA{Hdr: hdr, AAAA: v.AAAA}
+		}
+	}
+	return out
+}
+
+// resolvePath is the list of targets being resolved by the lookups that led to the current one,
+// carried in the context of lookups made through this server, to find loops between them.
+type resolvePath struct {
+	target string
+	parent *resolvePath
+}
+
+type pathKey struct{}
+
+func withPath(ctx context.Context, target string) context.Context {
+	return context.WithValue(ctx, pathKey{}, &resolvePath{target: target, parent: pathFrom(ctx)})
+}
+
+func pathFrom(ctx context.Context) *resolvePath {
+	p, _ := ctx.Value(pathKey{}).(*resolvePath)
+	return p
+}
+
+func (p *resolvePath) contains(target string) bool {
+	for ; p != nil; p = p.parent {
+		if p.target == target {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *resolvePath) len() int {
+	n := 0
+	for ; p != nil; p = p.parent {
+		n++
+	}
+	return n
+}

@@ -1,0 +1,378 @@
+package flatten
+
+import (
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coredns/caddy"
+	"github.com/coredns/coredns/core/dnsserver"
+	clog "github.com/coredns/coredns/plugin/pkg/log"
+
+	// The plugins the test Corefiles use.
+	_ "github.com/coredns/coredns/plugin/bind"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/dnssec"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/file"
+	_ "github.com/coredns/coredns/plugin/reload"
+
+	"github.com/miekg/dns"
+)
+
+func init() { clog.Discard() }
+
+// fakeUpstream is a DNS server on loopback (UDP and TCP on one port) whose answers a test
+// controls. By default it is authoritative-style: it answers from its records, returns a CNAME
+// without following it, and NXDOMAIN / NODATA with its SOA. With recursive set it follows CNAMEs
+// within its records and returns the whole chain, like a resolver. A handler set for a name
+// replaces all of that for queries of that name, to misbehave on purpose.
+type fakeUpstream struct {
+	Addr string
+
+	mu        sync.Mutex
+	records   map[string][]dns.RR // by lowercased owner
+	handlers  map[string]dns.HandlerFunc
+	recursive bool
+	queries   map[string]int // "name TYPE proto" -> count
+	soa       dns.RR
+
+	udp, tcp *dns.Server
+}
+
+func newFakeUpstream(t *testing.T, records ...string) *fakeUpstream {
+	t.Helper()
+	u := &fakeUpstream{
+		records:  map[string][]dns.RR{},
+		handlers: map[string]dns.HandlerFunc{},
+		queries:  map[string]int{},
+		soa:      mustRR(t, ". 300 IN SOA ns.fake. host.fake. 1 7200 3600 1209600 60"),
+	}
+	u.add(t, records...)
+
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Addr = pc.LocalAddr().String()
+	l, err := net.Listen("tcp", u.Addr)
+	if err != nil {
+		pc.Close()
+		t.Fatal(err)
+	}
+	h := dns.HandlerFunc(u.serve)
+	u.udp = &dns.Server{PacketConn: pc, Handler: h}
+	u.tcp = &dns.Server{Listener: l, Handler: h}
+	for _, s := range []*dns.Server{u.udp, u.tcp} {
+		started := make(chan struct{})
+		s.NotifyStartedFunc = func() { close(started) }
+		go s.ActivateAndServe()
+		<-started
+	}
+	t.Cleanup(u.close)
+	return u
+}
+
+func (u *fakeUpstream) close() {
+	u.udp.Shutdown()
+	u.tcp.Shutdown()
+}
+
+// add adds records in zone-file syntax.
+func (u *fakeUpstream) add(t *testing.T, records ...string) {
+	t.Helper()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, s := range records {
+		rr := mustRR(t, s)
+		n := strings.ToLower(rr.Header().Name)
+		u.records[n] = append(u.records[n], rr)
+	}
+}
+
+// set replaces the records of name with records.
+func (u *fakeUpstream) set(t *testing.T, name string, records ...string) {
+	u.mu.Lock()
+	delete(u.records, strings.ToLower(name))
+	u.mu.Unlock()
+	u.add(t, records...)
+}
+
+// setRecursive makes the upstream follow CNAMEs in its answers, like a resolver.
+func (u *fakeUpstream) setRecursive() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.recursive = true
+}
+
+// handle makes h answer every query for name.
+func (u *fakeUpstream) handle(name string, h dns.HandlerFunc) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.handlers[strings.ToLower(name)] = h
+}
+
+// count returns how many queries for name and type arrived (over any protocol, or the one given).
+func (u *fakeUpstream) count(name string, qtype uint16, proto ...string) int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	n := 0
+	for k, v := range u.queries {
+		f := strings.Fields(k)
+		if strings.EqualFold(f[0], name) && f[1] == dns.TypeToString[qtype] && (len(proto) == 0 || f[2] == proto[0]) {
+			n += v
+		}
+	}
+	return n
+}
+
+// total returns how many queries arrived for names other than the root (health probes ask ". NS").
+func (u *fakeUpstream) total() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	n := 0
+	for k, v := range u.queries {
+		if !strings.HasPrefix(k, ". ") {
+			n += v
+		}
+	}
+	return n
+}
+
+func (u *fakeUpstream) serve(w dns.ResponseWriter, r *dns.Msg) {
+	if len(r.Question) != 1 {
+		return
+	}
+	q := r.Question[0]
+	proto := "udp"
+	if _, ok := w.RemoteAddr().(*net.TCPAddr); ok {
+		proto = "tcp"
+	}
+	u.mu.Lock()
+	u.queries[strings.ToLower(q.Name)+" "+dns.TypeToString[q.Qtype]+" "+proto]++
+	h := u.handlers[strings.ToLower(q.Name)]
+	u.mu.Unlock()
+	if h != nil {
+		h(w, r)
+		return
+	}
+	w.WriteMsg(u.answer(r))
+}
+
+// answer builds the default answer to r from the records.
+func (u *fakeUpstream) answer(r *dns.Msg) *dns.Msg {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	q := r.Question[0]
+	m := new(dns.Msg)
+	m.SetReply(r)
+	m.Authoritative = !u.recursive
+	m.RecursionAvailable = u.recursive
+	name := strings.ToLower(q.Name)
+	for range 20 {
+		rrs, ok := u.records[name]
+		if !ok {
+			m.Rcode = dns.RcodeNameError
+			m.Ns = []dns.RR{u.soa}
+			return m
+		}
+		var cname *dns.CNAME
+		found := false
+		for _, rr := range rrs {
+			switch {
+			case rr.Header().Rrtype == q.Qtype:
+				m.Answer = append(m.Answer, rr)
+				found = true
+			case rr.Header().Rrtype == dns.TypeCNAME:
+				cname = rr.(*dns.CNAME)
+			}
+		}
+		if found {
+			return m
+		}
+		if cname == nil {
+			m.Ns = []dns.RR{u.soa}
+			return m
+		}
+		m.Answer = append(m.Answer, cname)
+		if !u.recursive {
+			return m
+		}
+		name = strings.ToLower(cname.Target)
+	}
+	return m
+}
+
+func mustRR(t testing.TB, s string) dns.RR {
+	t.Helper()
+	rr, err := dns.NewRR(s)
+	if err != nil {
+		t.Fatalf("bad record %q: %v", s, err)
+	}
+	return rr
+}
+
+// startCoreDNS starts CoreDNS in-process with corefile (which should listen on 127.0.0.1 port 0)
+// and returns the address it listens on. `flatten` is placed right after `minimal`, as in
+// cmd/coredns. Everything is stopped, shutdown hooks included, when the test ends.
+func startCoreDNS(t *testing.T, corefile string) (server, *caddy.Instance) {
+	t.Helper()
+	useFlattenDirective(t)
+	caddy.Quiet, dnsserver.Quiet = true, true
+	inst, err := caddy.Start(caddy.CaddyfileInput{Filepath: "Corefile", Contents: []byte(corefile), ServerTypeName: "dns"})
+	if err != nil {
+		t.Fatalf("starting CoreDNS: %v\n%s", err, corefile)
+	}
+	t.Cleanup(func() { stopInstance(t, inst) })
+	sl := inst.Servers()[0]
+	return server{udp: sl.LocalAddr().String(), tcp: sl.Addr().String()}, inst
+}
+
+// server is where a CoreDNS started by a test listens: with port 0, UDP and TCP get different
+// ports.
+type server struct{ udp, tcp string }
+
+func (s server) addr(proto string) string {
+	if proto == "tcp" {
+		return s.tcp
+	}
+	return s.udp
+}
+
+// startCoreDNSErr starts CoreDNS and returns the startup error, for configurations that must fail.
+func startCoreDNSErr(t *testing.T, corefile string) error {
+	t.Helper()
+	useFlattenDirective(t)
+	caddy.Quiet, dnsserver.Quiet = true, true
+	inst, err := caddy.Start(caddy.CaddyfileInput{Filepath: "Corefile", Contents: []byte(corefile), ServerTypeName: "dns"})
+	if err == nil {
+		stopInstance(t, inst)
+		return errors.New("CoreDNS started")
+	}
+	return err
+}
+
+func stopInstance(t *testing.T, inst *caddy.Instance) {
+	if err := errors.Join(append(inst.ShutdownCallbacks(), inst.Stop())...); err != nil {
+		t.Errorf("stopping CoreDNS: %v", err)
+	}
+}
+
+var directivesMu sync.Mutex
+
+func useFlattenDirective(t *testing.T) {
+	t.Helper()
+	directivesMu.Lock()
+	defer directivesMu.Unlock()
+	if slices.Contains(dnsserver.Directives, "flatten") {
+		return
+	}
+	orig := slices.Clone(dnsserver.Directives)
+	i := slices.Index(orig, "minimal")
+	if i < 0 {
+		t.Fatal("no 'minimal' directive to anchor flatten to")
+	}
+	dnsserver.Directives = slices.Insert(slices.Clone(orig), i+1, "flatten")
+	t.Cleanup(func() {
+		directivesMu.Lock()
+		defer directivesMu.Unlock()
+		dnsserver.Directives = orig
+	})
+}
+
+// writeZone writes a zone file into a temporary directory and returns its path.
+func writeZone(t *testing.T, origin string, records ...string) string {
+	t.Helper()
+	body := "$ORIGIN " + origin + "\n" + strings.Join(records, "\n") + "\n"
+	p := filepath.Join(t.TempDir(), "db."+strings.TrimSuffix(origin, "."))
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// exampleZone is the zone most tests flatten in: apex with SOA, NS, MX and TXT but no address.
+func exampleZone(t *testing.T, extra ...string) string {
+	return writeZone(t, "example.org.", append([]string{
+		"@ 3600 IN SOA ns1.example.org. hostmaster.example.org. 2026112201 7200 3600 1209600 300",
+		"@ 3600 IN NS ns1.example.org.",
+		"@ 3600 IN MX 10 mail.example.org.",
+		`@ 3600 IN TXT "v=spf1 -all"`,
+		"ns1 3600 IN A 192.0.2.53",
+		"mail 3600 IN A 192.0.2.25",
+	}, extra...)...)
+}
+
+// query sends one question to addr over proto ("udp" or "tcp"), with EDNS0 when bufsize > 0.
+func query(t *testing.T, addr server, proto, name string, qtype uint16, bufsize uint16) *dns.Msg {
+	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	if bufsize > 0 {
+		m.SetEdns0(bufsize, false)
+	}
+	return exchange(t, addr, proto, m)
+}
+
+func exchange(t *testing.T, addr server, proto string, m *dns.Msg) *dns.Msg {
+	t.Helper()
+	c := &dns.Client{Net: proto, Timeout: 5 * time.Second, UDPSize: 65535}
+	r, _, err := c.Exchange(m, addr.addr(proto))
+	if err != nil {
+		t.Fatalf("query %s %s over %s: %v", m.Question[0].Name, dns.TypeToString[m.Question[0].Qtype], proto, err)
+	}
+	return r
+}
+
+// ede returns the Extended DNS Error of m, or nil.
+func ede(m *dns.Msg) *dns.EDNS0_EDE {
+	if o := m.IsEdns0(); o != nil {
+		for _, opt := range o.Option {
+			if e, ok := opt.(*dns.EDNS0_EDE); ok {
+				return e
+			}
+		}
+	}
+	return nil
+}
+
+// addrs returns the answer's A/AAAA data, sorted, and fails if any answer record is not an
+// address owned by owner.
+func addrs(t *testing.T, m *dns.Msg, owner string) []string {
+	t.Helper()
+	var out []string
+	for _, rr := range m.Answer {
+		if rr.Header().Name != owner {
+			t.Errorf("answer record %q: owner is not %q", rr, owner)
+		}
+		switch v := rr.(type) {
+		case *dns.A:
+			out = append(out, v.A.String())
+		case *dns.AAAA:
+			out = append(out, v.AAAA.String())
+		default:
+			t.Errorf("answer holds a %s record: %q", dns.TypeToString[rr.Header().Rrtype], rr)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// waitFor polls cond until it holds or 5 seconds pass; for background work that has no event to
+// wait on. It is not a timing assertion: it only bounds how long a broken test hangs.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -1,0 +1,114 @@
+package flatten
+
+import (
+	"context"
+
+	"github.com/coredns/coredns/plugin"
+	"github.com/coredns/coredns/plugin/metrics"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+// Every metric has the label `server` (the listener, as in every CoreDNS metric) and no client or
+// query name label, so their number is bounded by the configuration.
+var (
+	// requests counts A/AAAA queries for flattened names.
+	requests = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "flatten",
+		Name:      "requests_total",
+		Help:      "Counter of A and AAAA queries for flattened names.",
+	}, []string{"server"})
+
+	// cacheHits counts queries answered from a fresh cache entry.
+	cacheHits = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "flatten",
+		Name:      "cache_hits_total",
+		Help:      "Counter of flattened answers served from a fresh cache entry.",
+	}, []string{"server"})
+
+	// cacheMisses counts resolutions started because nothing fresh was cached (including
+	// background refreshes).
+	cacheMisses = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "flatten",
+		Name:      "cache_misses_total",
+		Help:      "Counter of chain resolutions started because the cache had no fresh entry or the entry was due for refresh.",
+	}, []string{"server"})
+
+	// staleAnswers counts answers served from an expired entry (RFC 8767).
+	staleAnswers = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "flatten",
+		Name:      "stale_answers_total",
+		Help:      "Counter of flattened answers served stale because the target could not be resolved.",
+	}, []string{"server"})
+
+	// fallbackAnswers counts answers served from the zone's own A/AAAA records.
+	fallbackAnswers = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "flatten",
+		Name:      "fallback_answers_total",
+		Help:      "Counter of answers served from the zone's own address records because the target could not be resolved.",
+	}, []string{"server"})
+
+	// upstreamQueries counts questions sent upstream (every hop, every retry).
+	upstreamQueries = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "flatten",
+		Name:      "upstream_queries_total",
+		Help:      "Counter of questions sent upstream to resolve chains.",
+	}, []string{"server"})
+
+	// upstreamErrors counts failed upstream questions by reason.
+	upstreamErrors = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "flatten",
+		Name:      "upstream_errors_total",
+		Help:      "Counter of upstream questions that failed, by reason.",
+	}, []string{"server", "reason"})
+
+	// lookupDuration is the time taken to resolve one chain.
+	lookupDuration = promauto.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace:                   plugin.Namespace,
+		Subsystem:                   "flatten",
+		Name:                        "lookup_duration_seconds",
+		Buckets:                     plugin.TimeBuckets,
+		NativeHistogramBucketFactor: plugin.NativeHistogramBucketFactor,
+		Help:                        "Histogram of the time taken to resolve a chain upstream.",
+	}, []string{"server"})
+
+	// cacheEntries is the number of cache entries.
+	cacheEntries = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "flatten",
+		Name:      "cache_entries",
+		Help:      "The number of resolved chains in the cache.",
+	}, []string{"server"})
+
+	// refreshes counts background refreshes (scheduled and prefetch).
+	refreshes = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "flatten",
+		Name:      "refreshes_total",
+		Help:      "Counter of background refreshes of cache entries.",
+	}, []string{"server"})
+)
+
+// serverLabel is the `server` label: the listener a query came through, or for background work
+// the one the cache was made for (withServerLabel).
+func serverLabel(ctx context.Context) string {
+	if s := metrics.WithServer(ctx); s != "" {
+		return s
+	}
+	s, _ := ctx.Value(serverLabelKey{}).(string)
+	return s
+}
+
+type serverLabelKey struct{}
+
+func withServerLabel(ctx context.Context, server string) context.Context {
+	return context.WithValue(ctx, serverLabelKey{}, server)
+}

@@ -1,0 +1,302 @@
+package flatten
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+
+	"github.com/miekg/dns"
+)
+
+// exchanger sends one question (name, qtype, class IN) to an upstream and returns its answer.
+// Implementations check the answer's header and question against what was asked and discard
+// anything that does not match; the walker only ever sees answers to its own questions.
+// It is the seam where tests put a fake and where the two kinds of upstream live (upstream.go).
+type exchanger interface {
+	exchange(ctx context.Context, name string, qtype uint16) (*dns.Msg, error)
+}
+
+// hop is one link of a followed chain: owner -> target, with the TTL of the record that made it.
+type hop struct {
+	owner  string
+	target string
+	rrtype uint16 // dns.TypeCNAME, or dns.TypeDNAME for a CNAME synthesized from a DNAME (RFC 6672)
+	ttl    uint32
+}
+
+// chain is the outcome of walking one target for one address type.
+type chain struct {
+	// addrs is the final address RRset (A or AAAA records owned by the last name of the chain),
+	// deduplicated. Empty for a negative answer.
+	addrs []dns.RR
+	hops  []hop
+	// ttl is the smallest TTL of every record on the chain (RFC 2181 5.2); for a negative answer
+	// it includes the negative TTL from the upstream's SOA (RFC 2308 5).
+	ttl uint32
+	// nxdomain is set when the last name of the chain does not exist. A negative chain without
+	// it is NODATA: the name exists but has no address of the type.
+	nxdomain bool
+}
+
+func (c *chain) negative() bool { return len(c.addrs) == 0 }
+
+// resolveError is why a chain could not be resolved. It carries the Extended DNS Error
+// (RFC 8914) that a SERVFAIL reports to the client, and a short reason used as a metric label.
+type resolveError struct {
+	ede    uint16
+	reason string
+	text   string
+}
+
+func (e *resolveError) Error() string { return e.text }
+
+// Reasons, also the values of the `reason` label of coredns_flatten_upstream_errors_total.
+const (
+	reasonTimeout   = "timeout"
+	reasonNetwork   = "network"
+	reasonRcode     = "rcode"
+	reasonMalformed = "malformed"
+	reasonLoop      = "loop"
+	reasonDepth     = "depth"
+	reasonNoServer  = "no_server"
+)
+
+func errTimeout(name string) *resolveError {
+	return &resolveError{dns.ExtendedErrorCodeNoReachableAuthority, reasonTimeout, "timeout resolving " + name}
+}
+
+func errNetwork(name string, err error) *resolveError {
+	return &resolveError{dns.ExtendedErrorCodeNetworkError, reasonNetwork, fmt.Sprintf("resolving %s: %v", name, err)}
+}
+
+// errRcode is an upstream's refusal or failure to answer (SERVFAIL, REFUSED, ...). When the
+// upstream said why with an Extended DNS Error, that reason is passed on to our client.
+func errRcode(name string, resp *dns.Msg) *resolveError {
+	e := &resolveError{dns.ExtendedErrorCodeNoReachableAuthority, reasonRcode,
+		fmt.Sprintf("upstream answered %s for %s", dns.RcodeToString[resp.Rcode], name)}
+	if o := resp.IsEdns0(); o != nil {
+		for _, opt := range o.Option {
+			if up, ok := opt.(*dns.EDNS0_EDE); ok {
+				e.ede = up.InfoCode
+				if up.ExtraText != "" {
+					e.text += ": " + up.ExtraText
+				}
+				break
+			}
+		}
+	}
+	return e
+}
+
+func errMalformed(name, why string) *resolveError {
+	return &resolveError{dns.ExtendedErrorCodeNetworkError, reasonMalformed, "bad upstream answer for " + name + ": " + why}
+}
+
+func errLoop(name string) *resolveError {
+	return &resolveError{dns.ExtendedErrorCodeOther, reasonLoop, "CNAME loop at " + name}
+}
+
+func errDepth(name string, max int) *resolveError {
+	return &resolveError{dns.ExtendedErrorCodeOther, reasonDepth, fmt.Sprintf("chain from %s longer than %d hops", name, max)}
+}
+
+// asResolveError turns any error into a resolveError, keeping one that already is.
+func asResolveError(name string, err error) *resolveError {
+	var re *resolveError
+	if errors.As(err, &re) {
+		return re
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return errTimeout(name)
+	}
+	var ne interface{ Timeout() bool }
+	if errors.As(err, &ne) && ne.Timeout() {
+		return errTimeout(name)
+	}
+	return errNetwork(name, err)
+}
+
+// walker follows a target's CNAME chain to its addresses through an exchanger.
+type walker struct {
+	ex       exchanger
+	maxDepth int
+}
+
+// resolve walks the chain that starts at target (a lowercased FQDN) for qtype (A or AAAA).
+//
+// Only records whose owner is on the chain are used: an upstream answer's other records, in any
+// section, are ignored, so extra records cannot poison what is served. When an answer stops at a
+// CNAME whose target it does not include (an authoritative server answering for its own zone
+// only), the next name is asked for. A name seen twice is a loop; more than maxDepth hops is a
+// failure.
+func (w *walker) resolve(ctx context.Context, target string, qtype uint16) (*chain, error) {
+	c := &chain{ttl: math.MaxUint32}
+	visited := map[string]bool{target: true}
+	name := target
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, errTimeout(name)
+		}
+		resp, err := w.ex.exchange(ctx, name, qtype)
+		if err != nil {
+			return nil, asResolveError(name, err)
+		}
+		if resp.Rcode != dns.RcodeSuccess && resp.Rcode != dns.RcodeNameError {
+			return nil, errRcode(name, resp)
+		}
+
+		cur, err := w.follow(resp, name, qtype, c, visited)
+		if err != nil {
+			return nil, err
+		}
+		if len(c.addrs) > 0 {
+			return c, nil
+		}
+
+		// No addresses for cur in this answer. RFC 6604: the rcode speaks of the last name of
+		// the chain, so NXDOMAIN here means cur does not exist.
+		if resp.Rcode == dns.RcodeNameError {
+			c.nxdomain = true
+			c.ttl = min(c.ttl, negativeTTL(resp, cur))
+			return c, nil
+		}
+		// NOERROR: NODATA for cur if the answer proves it (we asked for cur itself, or a
+		// resolver that followed the chain added the SOA of cur's zone); otherwise the answer
+		// stopped at a CNAME it could not follow, and cur must be asked for.
+		if cur == name || hasNegativeSOA(resp, cur) {
+			if cur == name && isReferral(resp) {
+				return nil, errMalformed(name, "referral instead of an answer (upstream is not recursive)")
+			}
+			c.ttl = min(c.ttl, negativeTTL(resp, cur))
+			return c, nil
+		}
+		name = cur
+	}
+}
+
+// follow walks the chain inside one answer, starting at name. It appends hops and the final
+// addresses to c and returns the name the walk stopped at.
+func (w *walker) follow(resp *dns.Msg, name string, qtype uint16, c *chain, visited map[string]bool) (string, error) {
+	cur := name
+	for {
+		var addrs []dns.RR
+		var cname *dns.CNAME
+		var dname *dns.DNAME
+		for _, rr := range resp.Answer {
+			h := rr.Header()
+			if h.Class != dns.ClassINET {
+				continue
+			}
+			switch {
+			case h.Rrtype == qtype && strings.EqualFold(h.Name, cur):
+				addrs = append(addrs, rr)
+			case h.Rrtype == dns.TypeCNAME && strings.EqualFold(h.Name, cur):
+				if cname != nil && !strings.EqualFold(cname.Target, rr.(*dns.CNAME).Target) {
+					// RFC 2181 10.1: one CNAME per name. Two different ones cannot both be right.
+					return "", errMalformed(name, "two CNAMEs at "+cur)
+				}
+				cname = rr.(*dns.CNAME)
+			case h.Rrtype == dns.TypeDNAME && dns.IsSubDomain(h.Name, cur) && !strings.EqualFold(h.Name, cur):
+				dname = rr.(*dns.DNAME)
+			}
+		}
+
+		if len(addrs) > 0 {
+			c.addrs = dedup(addrs)
+			for _, rr := range c.addrs {
+				c.ttl = min(c.ttl, rr.Header().Ttl)
+			}
+			return cur, nil
+		}
+
+		var next string
+		switch {
+		case cname != nil:
+			next = strings.ToLower(dns.Fqdn(cname.Target))
+			c.hops = append(c.hops, hop{owner: cur, target: next, rrtype: dns.TypeCNAME, ttl: cname.Hdr.Ttl})
+			c.ttl = min(c.ttl, cname.Hdr.Ttl)
+		case dname != nil:
+			// RFC 6672 2.2: replace the DNAME owner suffix of cur with the DNAME target.
+			owner := strings.ToLower(dname.Hdr.Name)
+			next = strings.ToLower(cur[:len(cur)-len(owner)] + dns.Fqdn(dname.Target))
+			if _, ok := dns.IsDomainName(next); !ok || len(next) > 255 {
+				return "", errMalformed(name, "DNAME substitution overflows at "+cur)
+			}
+			c.hops = append(c.hops, hop{owner: cur, target: next, rrtype: dns.TypeDNAME, ttl: dname.Hdr.Ttl})
+			c.ttl = min(c.ttl, dname.Hdr.Ttl)
+		default:
+			return cur, nil
+		}
+
+		if visited[next] {
+			return "", errLoop(next)
+		}
+		if len(c.hops) > w.maxDepth {
+			return "", errDepth(c.hops[0].owner, w.maxDepth)
+		}
+		visited[next] = true
+		cur = next
+	}
+}
+
+// negativeTTL is how long a negative answer for name may be cached: the smaller of the SOA's
+// TTL and its MINIMUM field (RFC 2308 5). Without a SOA, RFC 2308 says not to cache; we return
+// 0 and the ttl floor applies.
+func negativeTTL(resp *dns.Msg, name string) uint32 {
+	for _, rr := range resp.Ns {
+		if soa, ok := rr.(*dns.SOA); ok && dns.IsSubDomain(soa.Hdr.Name, name) {
+			return min(soa.Hdr.Ttl, soa.Minttl)
+		}
+	}
+	return 0
+}
+
+// hasNegativeSOA reports whether the authority section holds the SOA of a zone that contains
+// name: how a resolver that followed a chain says that its last name has no data.
+func hasNegativeSOA(resp *dns.Msg, name string) bool {
+	for _, rr := range resp.Ns {
+		if soa, ok := rr.(*dns.SOA); ok && dns.IsSubDomain(soa.Hdr.Name, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// isReferral reports an answer that delegates instead of answering: no SOA, NS in authority,
+// AA clear. A recursive upstream never sends one; taking it for NODATA would blank the name.
+func isReferral(resp *dns.Msg) bool {
+	if resp.Authoritative || len(resp.Answer) > 0 {
+		return false
+	}
+	ns := false
+	for _, rr := range resp.Ns {
+		switch rr.Header().Rrtype {
+		case dns.TypeSOA:
+			return false
+		case dns.TypeNS:
+			ns = true
+		}
+	}
+	return ns
+}
+
+// dedup removes records with the same data, keeping the first of each. Records arrive owned by
+// one name and of one type, so the data alone tells them apart.
+func dedup(rrs []dns.RR) []dns.RR {
+	out := make([]dns.RR, 0, len(rrs))
+	for _, rr := range rrs {
+		dup := false
+		for _, o := range out {
+			if dns.IsDuplicate(rr, o) {
+				dup = true
+				break
+			}
+		}
+		if !dup {
+			out = append(out, rr)
+		}
+	}
+	return out
+}

@@ -1,0 +1,288 @@
+package flatten
+
+import (
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/coredns/caddy"
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/plugin"
+	pkgparse "github.com/coredns/coredns/plugin/pkg/parse"
+	"github.com/coredns/coredns/plugin/pkg/transport"
+
+	"github.com/miekg/dns"
+)
+
+func init() { plugin.Register("flatten", setup) }
+
+func setup(c *caddy.Controller) error {
+	f, err := parse(c)
+	if err != nil {
+		return plugin.Error("flatten", err)
+	}
+	f.init(configServerLabel(dnsserver.GetConfig(c)))
+
+	c.OnStartup(f.OnStartup)
+	c.OnShutdown(f.OnShutdown)
+
+	dnsserver.GetConfig(c).AddPlugin(func(next plugin.Handler) plugin.Handler {
+		f.Next = next
+		return f
+	})
+	return nil
+}
+
+// configServerLabel is the `server` metrics label of the listener, as the server itself spells
+// it (dnsserver.Server.Addr), for metrics of background work that no query carries.
+func configServerLabel(cfg *dnsserver.Config) string {
+	host := ""
+	if len(cfg.ListenHosts) > 0 {
+		host = cfg.ListenHosts[0]
+	}
+	tr := cfg.Transport
+	if tr == "" {
+		tr = transport.DNS
+	}
+	return tr + "://" + net.JoinHostPort(host, cfg.Port)
+}
+
+// parse reads the flatten block. Every error names the line it is on.
+func parse(c *caddy.Controller) (*Flatten, error) {
+	f := New()
+	blocks := 0
+	for c.Next() {
+		if blocks++; blocks > 1 {
+			return nil, plugin.ErrOnce
+		}
+		f.Zones = plugin.OriginsFromArgsOrServerBlock(c.RemainingArgs(), c.ServerBlockKeys)
+		if len(f.Zones) == 0 {
+			return nil, c.Errf("no zones to flatten in")
+		}
+		seen := map[string]bool{}
+		for c.NextBlock() {
+			opt := c.Val()
+			if opt != "alias" && seen[opt] {
+				return nil, c.Errf("'%s' given more than once", opt)
+			}
+			seen[opt] = true
+			var err error
+			switch opt {
+			case "alias":
+				err = f.parseAlias(c)
+			case "upstream":
+				err = f.parseUpstream(c)
+			case "max_depth":
+				err = f.parseMaxDepth(c)
+			case "timeout":
+				err = f.parseTimeout(c)
+			case "ttl":
+				err = f.parseTTL(c)
+			case "cache":
+				err = f.parseCache(c)
+			case "prefetch":
+				err = f.parsePrefetch(c)
+			case "serve_stale":
+				err = f.parseServeStale(c)
+			default:
+				return nil, c.Errf("unknown property '%s'", opt)
+			}
+			if err != nil {
+				return nil, err
+			}
+		}
+	}
+	if len(f.aliases) == 0 {
+		return nil, c.Errf("at least one 'alias NAME TARGET' is required")
+	}
+	return f, nil
+}
+
+// args returns exactly n arguments of the current line, or an error naming the line.
+func args(c *caddy.Controller, n int) ([]string, error) {
+	a := c.RemainingArgs()
+	if len(a) != n {
+		return nil, c.Errf("'%s' takes %d argument(s), got %d: %v", c.Val(), n, len(a), a)
+	}
+	return a, nil
+}
+
+func (f *Flatten) parseAlias(c *caddy.Controller) error {
+	a, err := args(c, 2)
+	if err != nil {
+		return err
+	}
+	name, zone, err := f.aliasName(c, a[0])
+	if err != nil {
+		return err
+	}
+	target := strings.ToLower(a[1])
+	if !strings.HasSuffix(target, ".") {
+		return c.Errf("alias target '%s' must be an absolute name (end with a dot)", a[1])
+	}
+	if _, ok := dns.IsDomainName(target); !ok || target == "." {
+		return c.Errf("alias target '%s' is not a valid domain name", a[1])
+	}
+	if target == name {
+		return c.Errf("alias '%s' points at itself", a[0])
+	}
+	if _, dup := f.aliases[name]; dup {
+		return c.Errf("alias '%s' is defined more than once", name)
+	}
+	f.aliases[name] = &alias{name: name, zone: zone, target: target}
+	return nil
+}
+
+// aliasName resolves an alias NAME: `@` for the apex of the single zone, a name relative to the
+// single zone, or an absolute name inside ZONES. It returns the lowercased FQDN and its zone.
+func (f *Flatten) aliasName(c *caddy.Controller, s string) (string, string, error) {
+	var name string
+	switch {
+	case s == "@":
+		if len(f.Zones) != 1 {
+			return "", "", c.Errf("alias name '@' needs exactly one zone, have %d: %v", len(f.Zones), f.Zones)
+		}
+		name = f.Zones[0]
+	case strings.HasSuffix(s, "."):
+		name = strings.ToLower(s)
+	default:
+		if len(f.Zones) != 1 {
+			return "", "", c.Errf("relative alias name '%s' needs exactly one zone, have %d; write it as an absolute name", s, len(f.Zones))
+		}
+		name = strings.ToLower(s) + "." + f.Zones[0]
+		if f.Zones[0] == "." {
+			name = strings.ToLower(s) + "."
+		}
+	}
+	if _, ok := dns.IsDomainName(name); !ok || strings.Contains(name, "..") {
+		return "", "", c.Errf("alias name '%s' is not a valid domain name", s)
+	}
+	zone := plugin.Zones(f.Zones).Matches(name)
+	if zone == "" {
+		return "", "", c.Errf("alias name '%s' is not inside the zones %v", s, f.Zones)
+	}
+	return name, zone, nil
+}
+
+func (f *Flatten) parseUpstream(c *caddy.Controller) error {
+	a := c.RemainingArgs()
+	if len(a) == 0 {
+		return nil // resolve through this server
+	}
+	for _, s := range a {
+		// Only plain DNS: the upstream is asked with RD over UDP, then TCP.
+		if tr, _ := pkgparse.Transport(s); tr != transport.DNS {
+			return c.Errf("upstream '%s': only plain DNS addresses are supported", s)
+		}
+	}
+	hosts, err := pkgparse.HostPortOrFile(a...)
+	if err != nil {
+		return c.Errf("upstream: %v", err)
+	}
+	f.upstreams = hosts
+	return nil
+}
+
+func (f *Flatten) parseMaxDepth(c *caddy.Controller) error {
+	a, err := args(c, 1)
+	if err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(a[0])
+	if err != nil || n < 1 || n > maxMaxDepth {
+		return c.Errf("max_depth '%s' must be a whole number from 1 to %d", a[0], maxMaxDepth)
+	}
+	f.maxDepth = n
+	return nil
+}
+
+func (f *Flatten) parseTimeout(c *caddy.Controller) error {
+	a, err := args(c, 1)
+	if err != nil {
+		return err
+	}
+	d, err := time.ParseDuration(a[0])
+	if err != nil {
+		return c.Errf("timeout '%s' is not a duration (like 2s or 500ms): %v", a[0], err)
+	}
+	if d <= 0 {
+		return c.Errf("timeout '%s' must be greater than zero", a[0])
+	}
+	f.timeout = d
+	return nil
+}
+
+func (f *Flatten) parseTTL(c *caddy.Controller) error {
+	a, err := args(c, 2)
+	if err != nil {
+		return err
+	}
+	var v [2]uint32
+	for i, s := range a {
+		n, err := strconv.ParseUint(s, 10, 32)
+		if err != nil || n > 1<<31-1 {
+			// RFC 2181 8: a TTL is at most 2^31-1.
+			return c.Errf("ttl '%s' must be a whole number of seconds from 0 to %d", s, 1<<31-1)
+		}
+		v[i] = uint32(n)
+	}
+	if v[0] > v[1] {
+		return c.Errf("ttl MIN %d is above MAX %d", v[0], v[1])
+	}
+	f.ttlMin, f.ttlMax = v[0], v[1]
+	return nil
+}
+
+func (f *Flatten) parseCache(c *caddy.Controller) error {
+	a, err := args(c, 1)
+	if err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(a[0])
+	if err != nil || n < 1 {
+		return c.Errf("cache capacity '%s' must be a positive whole number", a[0])
+	}
+	f.capacity = n
+	return nil
+}
+
+func (f *Flatten) parsePrefetch(c *caddy.Controller) error {
+	a := c.RemainingArgs()
+	switch len(a) {
+	case 0:
+		f.prefetch = defaultPrefetch
+		return nil
+	case 1:
+	default:
+		return c.Errf("'prefetch' takes at most 1 argument, got %d: %v", len(a), a)
+	}
+	p, ok := strings.CutSuffix(a[0], "%")
+	n, err := strconv.Atoi(p)
+	if !ok || err != nil || n < 1 || n > 99 {
+		return c.Errf("prefetch '%s' must be a percentage from 1%% to 99%%", a[0])
+	}
+	f.prefetch = float64(n) / 100
+	return nil
+}
+
+func (f *Flatten) parseServeStale(c *caddy.Controller) error {
+	a := c.RemainingArgs()
+	switch len(a) {
+	case 0:
+		f.serveStale = defaultServeStale
+		return nil
+	case 1:
+	default:
+		return c.Errf("'serve_stale' takes at most 1 argument, got %d: %v", len(a), a)
+	}
+	d, err := time.ParseDuration(a[0])
+	if err != nil {
+		return c.Errf("serve_stale '%s' is not a duration (like 1h, or 0 to turn it off): %v", a[0], err)
+	}
+	if d < 0 {
+		return c.Errf("serve_stale '%s' must not be negative", a[0])
+	}
+	f.serveStale = d
+	return nil
+}
