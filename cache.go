@@ -65,7 +65,8 @@ type slot struct {
 type source int
 
 const (
-	srcFresh source = iota
+	srcFresh    source = iota // cached and fresh: a hit
+	srcResolved               // resolved for this query (a miss)
 	srcStale
 	srcNone // nothing to serve: the caller falls back to zone data, then SERVFAIL
 )
@@ -242,7 +243,7 @@ func (c *cache) get(ctx context.Context, s *slot) (*entry, source, *resolveError
 	select {
 	case <-fl.done:
 		if fl.err == nil {
-			return fl.entry, srcFresh, nil
+			return fl.entry, srcResolved, nil
 		}
 		return c.staleOr(e, c.now(), fl.err)
 	case <-t.C:
@@ -380,7 +381,7 @@ func (c *cache) stop() {
 func (c *cache) ready() bool {
 	c.schedMu.Lock()
 	defer c.schedMu.Unlock()
-	return c.pending == 0
+	return c.started.Load() && c.pending == 0
 }
 
 // wake makes the refresher look at its schedule now (for example when the server to resolve

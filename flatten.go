@@ -158,6 +158,8 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	case srcFresh:
 		cacheHits.WithLabelValues(server).Inc()
 		return f.answer(ctx, w, r, a, e, src)
+	case srcResolved:
+		return f.answer(ctx, w, r, a, e, src)
 	case srcStale:
 		staleAnswers.WithLabelValues(server).Inc()
 		return f.answer(ctx, w, r, a, e, src)

@@ -56,7 +56,14 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 		if blocks++; blocks > 1 {
 			return nil, plugin.ErrOnce
 		}
-		f.Zones = plugin.OriginsFromArgsOrServerBlock(c.RemainingArgs(), c.ServerBlockKeys)
+		zones := c.RemainingArgs()
+		for _, z := range zones {
+			// OriginsFromArgsOrServerBlock drops what it cannot normalize; say so instead.
+			if len(plugin.Host(z).NormalizeExact()) == 0 {
+				return nil, c.Errf("zone '%s' is not a valid domain name", z)
+			}
+		}
+		f.Zones = plugin.OriginsFromArgsOrServerBlock(zones, c.ServerBlockKeys)
 		if len(f.Zones) == 0 {
 			return nil, c.Errf("no zones to flatten in")
 		}
@@ -101,9 +108,10 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 
 // args returns exactly n arguments of the current line, or an error naming the line.
 func args(c *caddy.Controller, n int) ([]string, error) {
+	opt := c.Val() // before RemainingArgs moves past it
 	a := c.RemainingArgs()
 	if len(a) != n {
-		return nil, c.Errf("'%s' takes %d argument(s), got %d: %v", c.Val(), n, len(a), a)
+		return nil, c.Errf("'%s' takes %d argument(s), got %d: %v", opt, n, len(a), a)
 	}
 	return a, nil
 }
@@ -121,8 +129,8 @@ func (f *Flatten) parseAlias(c *caddy.Controller) error {
 	if !strings.HasSuffix(target, ".") {
 		return c.Errf("alias target '%s' must be an absolute name (end with a dot)", a[1])
 	}
-	if _, ok := dns.IsDomainName(target); !ok || target == "." {
-		return c.Errf("alias target '%s' is not a valid domain name", a[1])
+	if !hostname(target) {
+		return c.Errf("alias target '%s' is not a valid host name", a[1])
 	}
 	if target == name {
 		return c.Errf("alias '%s' points at itself", a[0])
@@ -155,8 +163,8 @@ func (f *Flatten) aliasName(c *caddy.Controller, s string) (string, string, erro
 			name = strings.ToLower(s) + "."
 		}
 	}
-	if _, ok := dns.IsDomainName(name); !ok || strings.Contains(name, "..") {
-		return "", "", c.Errf("alias name '%s' is not a valid domain name", s)
+	if !hostname(name) {
+		return "", "", c.Errf("alias name '%s' is not a valid host name", s)
 	}
 	zone := plugin.Zones(f.Zones).Matches(name)
 	if zone == "" {
@@ -170,18 +178,47 @@ func (f *Flatten) parseUpstream(c *caddy.Controller) error {
 	if len(a) == 0 {
 		return nil // resolve through this server
 	}
-	for _, s := range a {
+	for i, s := range a {
 		// Only plain DNS: the upstream is asked with RD over UDP, then TCP.
-		if tr, _ := pkgparse.Transport(s); tr != transport.DNS {
+		tr, addr := pkgparse.Transport(s)
+		if tr != transport.DNS {
 			return c.Errf("upstream '%s': only plain DNS addresses are supported", s)
 		}
+		a[i] = addr // without "dns://", which HostPortOrFile would keep
 	}
 	hosts, err := pkgparse.HostPortOrFile(a...)
 	if err != nil {
 		return c.Errf("upstream: %v", err)
 	}
+	for _, h := range hosts {
+		// HostPortOrFile checks the host but lets any port through.
+		_, port, err := net.SplitHostPort(h)
+		if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 1 || n > 65535 {
+			return c.Errf("upstream '%s': not an address with a port from 1 to 65535", h)
+		}
+	}
 	f.upstreams = hosts
 	return nil
+}
+
+// hostname reports whether s is an absolute host name we can flatten: letters, digits, '-' and
+// '_' in non-empty labels of at most 63 octets, 255 in all, not the root. No wildcards, spaces or
+// escapes: an alias is one concrete name.
+func hostname(s string) bool {
+	if _, ok := dns.IsDomainName(s); !ok || s == "." || len(s) > 255 || !strings.HasSuffix(s, ".") {
+		return false
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(s, "."), ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func (f *Flatten) parseMaxDepth(c *caddy.Controller) error {

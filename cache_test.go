@@ -1,0 +1,379 @@
+package flatten
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/pprof"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// fakeClock is an injected clock: TTL tests move it instead of sleeping.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{t: time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)} }
+
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// fakeResolver answers keys with a programmable chain or error and counts calls.
+type fakeResolver struct {
+	mu    sync.Mutex
+	calls map[cacheKey]int
+	ttl   uint32
+	err   error
+	gate  chan struct{} // when set, resolutions wait for it to close
+}
+
+func newFakeResolver(ttl uint32) *fakeResolver {
+	return &fakeResolver{calls: map[cacheKey]int{}, ttl: ttl}
+}
+
+func (r *fakeResolver) resolve(ctx context.Context, k cacheKey) (*chain, error) {
+	r.mu.Lock()
+	r.calls[k]++
+	n, ttl, err, gate := r.calls[k], r.ttl, r.err, r.gate
+	r.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	rr := &dns.A{Hdr: dns.RR_Header{Name: k.name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: ttl}}
+	rr.A = []byte{192, 0, 2, byte(n)} // each resolution gives a new address, to tell them apart
+	return &chain{addrs: []dns.RR{rr}, ttl: ttl}, nil
+}
+
+func (r *fakeResolver) count(k cacheKey) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.calls[k]
+}
+
+func (r *fakeResolver) set(ttl uint32, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ttl, r.err = ttl, err
+}
+
+func newTestCache(r *fakeResolver, clk *fakeClock) *cache {
+	c := newCache(r.resolve)
+	c.now = clk.now
+	c.timeout = 5 * time.Second
+	return c
+}
+
+var keyA = cacheKey{name: "target.example.net.", qtype: dns.TypeA}
+
+func lastOctet(e *entry) byte { return e.chain.addrs[0].(*dns.A).A[3] }
+
+func TestCacheTTLCountsDownAndIsClamped(t *testing.T) {
+	clk := newFakeClock()
+	r := newFakeResolver(100)
+	c := newTestCache(r, clk)
+	c.ttlMin, c.ttlMax = 5, 3600
+	s := c.slotFor(keyA)
+
+	e, src, _ := c.get(context.Background(), s)
+	if src != srcResolved || c.ttl(e, src, clk.now()) != 100 {
+		t.Fatalf("first answer: src %d ttl %d, want fresh 100", src, c.ttl(e, src, clk.now()))
+	}
+	for _, tc := range []struct {
+		advance time.Duration
+		want    uint32
+	}{
+		{30 * time.Second, 70},
+		{60 * time.Second, 10},
+		{7 * time.Second, 5}, // 3 left, raised to MIN
+	} {
+		clk.advance(tc.advance)
+		e, src, _ = c.get(context.Background(), s)
+		if got := c.ttl(e, src, clk.now()); got != tc.want {
+			t.Errorf("after %v more: TTL %d, want %d", tc.advance, got, tc.want)
+		}
+	}
+	if n := r.count(keyA); n != 1 {
+		t.Errorf("%d resolutions before expiry, want 1", n)
+	}
+
+	// A chain TTL above MAX lives MAX seconds.
+	r.set(86400, nil)
+	s2 := c.slotFor(cacheKey{name: "long.example.net.", qtype: dns.TypeA})
+	e, src, _ = c.get(context.Background(), s2)
+	if e.lifetime != time.Hour || c.ttl(e, src, clk.now()) != 3600 {
+		t.Errorf("chain TTL 86400: lifetime %v TTL %d, want 1h and 3600", e.lifetime, c.ttl(e, src, clk.now()))
+	}
+}
+
+func TestCacheExpiryResolvesAgain(t *testing.T) {
+	clk := newFakeClock()
+	r := newFakeResolver(60)
+	c := newTestCache(r, clk)
+	c.prefetch = 0.01
+	s := c.slotFor(keyA)
+	e, _, _ := c.get(context.Background(), s)
+	first := lastOctet(e)
+
+	clk.advance(59 * time.Second)
+	if e, _, _ = c.get(context.Background(), s); lastOctet(e) != first || r.count(keyA) != 1 {
+		t.Fatalf("before expiry: a new resolution happened")
+	}
+	clk.advance(2 * time.Second)
+	e, src, _ := c.get(context.Background(), s)
+	if src != srcResolved || lastOctet(e) == first || r.count(keyA) != 2 {
+		t.Errorf("after expiry: src %d, address .%d (first .%d), %d resolutions; want a fresh new answer from a 2nd resolution",
+			src, lastOctet(e), first, r.count(keyA))
+	}
+}
+
+func TestCachePrefetchAtThreshold(t *testing.T) {
+	clk := newFakeClock()
+	r := newFakeResolver(100)
+	c := newTestCache(r, clk)
+	c.prefetch = 0.10
+	s := c.slotFor(keyA)
+	c.get(context.Background(), s)
+
+	clk.advance(89 * time.Second) // 11% left: not yet
+	c.get(context.Background(), s)
+	c.wg.Wait()
+	if n := r.count(keyA); n != 1 {
+		t.Fatalf("prefetch fired with 11%% of the TTL left (%d resolutions)", n)
+	}
+	clk.advance(2 * time.Second) // 9% left
+	e, src, _ := c.get(context.Background(), s)
+	if src != srcFresh || lastOctet(e) != 1 {
+		t.Errorf("the query that triggers a prefetch is answered from the entry it has: src %d .%d", src, lastOctet(e))
+	}
+	c.wg.Wait()
+	if n := r.count(keyA); n != 2 {
+		t.Fatalf("prefetch did not fire with 9%% left (%d resolutions)", n)
+	}
+	if e, _, _ := c.get(context.Background(), s); lastOctet(e) != 2 {
+		t.Errorf("after the prefetch the new answer is served: .%d", lastOctet(e))
+	}
+}
+
+func TestCachePinnedRefreshedBeforeExpiry(t *testing.T) {
+	clk := newFakeClock()
+	r := newFakeResolver(100)
+	c := newTestCache(r, clk)
+	c.prefetch = 0.10
+	s := c.pin(keyA)
+	c.start()
+	defer c.stop()
+	waitFor(t, "startup round", c.ready)
+	if r.count(keyA) != 1 || s.good.Load() == nil {
+		t.Fatalf("startup round: %d resolutions", r.count(keyA))
+	}
+
+	clk.advance(89 * time.Second)
+	c.wake()
+	time.Sleep(20 * time.Millisecond) // give a wrongly early refresh the chance to show
+	if n := r.count(keyA); n != 1 {
+		t.Fatalf("refreshed at 89%% of the TTL (%d resolutions)", n)
+	}
+	clk.advance(time.Second) // 90%: due
+	c.wake()
+	waitFor(t, "scheduled refresh", func() bool { return r.count(keyA) == 2 })
+
+	// A client never waits: the entry was replaced before it expired.
+	clk.advance(15 * time.Second)
+	if _, src, _ := c.get(context.Background(), s); src != srcFresh {
+		t.Errorf("after the scheduled refresh: src %d, want fresh", src)
+	}
+}
+
+func TestCacheConcurrentMissesCoalesce(t *testing.T) {
+	clk := newFakeClock()
+	r := newFakeResolver(300)
+	r.gate = make(chan struct{})
+	c := newTestCache(r, clk)
+	s := c.slotFor(keyA)
+
+	var wg sync.WaitGroup
+	var fresh atomic.Int32
+	for range 100 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, src, _ := c.get(context.Background(), s); src == srcResolved {
+				fresh.Add(1)
+			}
+		}()
+	}
+	waitFor(t, "the first resolution to start", func() bool { return r.count(keyA) == 1 })
+	time.Sleep(20 * time.Millisecond) // let the other 99 arrive and join
+	close(r.gate)
+	wg.Wait()
+	if n := r.count(keyA); n != 1 {
+		t.Errorf("100 concurrent misses caused %d resolutions, want 1", n)
+	}
+	if fresh.Load() != 100 {
+		t.Errorf("%d of 100 waiters got the answer", fresh.Load())
+	}
+}
+
+func TestCacheCapacityNeverExceeded(t *testing.T) {
+	clk := newFakeClock()
+	r := newFakeResolver(300)
+	c := newTestCache(r, clk)
+	c.capacity = 10
+	pinned := c.pin(cacheKey{name: "pinned.example.net.", qtype: dns.TypeA})
+	for i := range 100 {
+		s := c.slotFor(cacheKey{name: fmt.Sprintf("n%d.example.net.", i), qtype: dns.TypeA})
+		c.get(context.Background(), s)
+		if n := c.len(); n > 11 {
+			t.Fatalf("after %d names: %d entries, capacity 10 (+1 pinned)", i+1, n)
+		}
+	}
+	c.mu.RLock()
+	_, ok := c.slots[pinned.key]
+	c.mu.RUnlock()
+	if !ok {
+		t.Errorf("a configured alias's entry was evicted")
+	}
+}
+
+func TestCacheNegativeUsesSOAMinimum(t *testing.T) {
+	// The walker takes the negative TTL from the SOA (RFC 2308 5: min of its TTL and MINIMUM).
+	w := &walker{maxDepth: 8, ex: exchangerFunc(func(_ context.Context, name string, qtype uint16) (*dns.Msg, error) {
+		m := new(dns.Msg)
+		m.SetQuestion(name, qtype)
+		m.Response, m.Rcode = true, dns.RcodeNameError
+		m.Ns = []dns.RR{mustRR(t, "example.net. 900 IN SOA ns. host. 1 2 3 4 120")}
+		return m, nil
+	})}
+	clk := newFakeClock()
+	c := newCache(func(ctx context.Context, k cacheKey) (*chain, error) { return w.resolve(ctx, k.name, k.qtype) })
+	c.now = clk.now
+	c.ttlMin = 5
+	s := c.slotFor(keyA)
+	e, _, _ := c.get(context.Background(), s)
+	if !e.chain.negative() || !e.chain.nxdomain || e.lifetime != 120*time.Second {
+		t.Fatalf("negative entry: negative %v nxdomain %v lifetime %v, want true true 2m0s", e.chain.negative(), e.chain.nxdomain, e.lifetime)
+	}
+	c.ttlMax = 60 // clamped by ttl MAX too
+	c.slots = map[cacheKey]*slot{}
+	e, _, _ = c.get(context.Background(), c.slotFor(keyA))
+	if e.lifetime != 60*time.Second {
+		t.Errorf("negative lifetime %v with ttl MAX 60", e.lifetime)
+	}
+}
+
+func TestCacheFailureLadder(t *testing.T) {
+	clk := newFakeClock()
+	r := newFakeResolver(10)
+	c := newTestCache(r, clk)
+	c.stale = time.Hour
+	s := c.slotFor(keyA)
+	c.get(context.Background(), s)
+
+	r.set(10, errTimeout("target.example.net."))
+	clk.advance(11 * time.Second) // expired
+	e, src, err := c.get(context.Background(), s)
+	if src != srcStale || e == nil || err == nil || err.reason != reasonTimeout {
+		t.Fatalf("upstream down after expiry: src %d err %v, want stale with the timeout", src, err)
+	}
+	if ttl := c.ttl(e, src, clk.now()); ttl != staleTTL {
+		t.Errorf("stale TTL %d, want %d (RFC 8767)", ttl, staleTTL)
+	}
+	calls := r.count(keyA)
+	for range 50 {
+		c.get(context.Background(), s)
+	}
+	if n := r.count(keyA); n != calls {
+		t.Errorf("50 queries during a remembered failure caused %d resolutions, want 0", n-calls)
+	}
+
+	// After the failure is no longer remembered, one query retries in the background and is
+	// answered stale at once.
+	clk.advance(failureTTL + time.Second)
+	if _, src, _ = c.get(context.Background(), s); src != srcStale {
+		t.Errorf("retry after the failure memory: src %d, want stale without waiting", src)
+	}
+	c.wg.Wait()
+	if n := r.count(keyA); n != calls+1 {
+		t.Errorf("retry after the failure memory: %d resolutions, want 1", n-calls)
+	}
+
+	// Past the stale window: nothing to serve, and the reason.
+	clk.advance(time.Hour)
+	if e, src, err = c.get(context.Background(), s); src != srcNone || e != nil || err == nil {
+		t.Errorf("past the stale window: src %d entry %v err %v, want none with an error", src, e, err)
+	}
+
+	// serve_stale 0: straight to none.
+	c2 := newTestCache(newFakeResolver(10), clk)
+	c2.stale = 0
+	s2 := c2.slotFor(keyA)
+	c2.get(context.Background(), s2)
+	c2.resolve = func(context.Context, cacheKey) (*chain, error) { return nil, errors.New("down") }
+	clk.advance(11 * time.Second)
+	if _, src, _ = c2.get(context.Background(), s2); src != srcNone {
+		t.Errorf("serve_stale 0: src %d, want none", src)
+	}
+}
+
+func TestCacheClientWaitsAtMostTimeout(t *testing.T) {
+	clk := newFakeClock()
+	r := newFakeResolver(10)
+	r.gate = make(chan struct{}) // never opens: the upstream hangs
+	c := newTestCache(r, clk)
+	c.timeout = 50 * time.Millisecond
+	defer c.stop()
+	_, src, err := c.get(context.Background(), c.slotFor(keyA))
+	if src != srcNone || err == nil || err.reason != reasonTimeout {
+		t.Errorf("hung upstream: src %d err %v, want none with a timeout", src, err)
+	}
+}
+
+// refresherGoroutines counts live background goroutines of flatten caches.
+func refresherGoroutines() int {
+	var b strings.Builder
+	pprof.Lookup("goroutine").WriteTo(&b, 1)
+	return strings.Count(b.String(), "flatten.(*cache).refresher")
+}
+
+func TestCacheStopEndsBackgroundWork(t *testing.T) {
+	before := refresherGoroutines()
+	r := newFakeResolver(1)
+	r.gate = make(chan struct{}) // resolutions hang until cancelled
+	c := newCache(r.resolve)
+	c.pin(keyA)
+	c.start()
+	waitFor(t, "refresher", func() bool { return refresherGoroutines() == before+1 && r.count(keyA) == 1 })
+	c.stop() // must not hang on the stuck resolution
+	if n := refresherGoroutines(); n != before {
+		t.Errorf("%d refresher goroutines after stop, want %d", n, before)
+	}
+}
+
+type exchangerFunc func(ctx context.Context, name string, qtype uint16) (*dns.Msg, error)
+
+func (f exchangerFunc) exchange(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
+	return f(ctx, name, qtype)
+}
