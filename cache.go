@@ -362,6 +362,7 @@ func (c *cache) start() {
 			c.pending++
 		}
 	}
+	cacheEntries.WithLabelValues(c.server).Set(float64(len(c.slots)))
 	c.mu.RUnlock()
 	c.schedMu.Unlock()
 	c.wg.Add(1)

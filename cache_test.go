@@ -377,3 +377,38 @@ type exchangerFunc func(ctx context.Context, name string, qtype uint16) (*dns.Ms
 func (f exchangerFunc) exchange(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
 	return f(ctx, name, qtype)
 }
+
+func TestCachePinnedBackoffOnFailure(t *testing.T) {
+	clk := newFakeClock()
+	r := newFakeResolver(100)
+	r.set(100, errTimeout("target.example.net."))
+	c := newTestCache(r, clk)
+	c.pin(keyA)
+	c.start()
+	defer c.stop()
+	waitFor(t, "startup round", c.ready)
+
+	// Retries come after 1s, then 2s, then 4s: not with every tick.
+	for i, step := range []struct {
+		advance time.Duration
+		want    int
+	}{
+		{900 * time.Millisecond, 1},
+		{100 * time.Millisecond, 2}, // 1s after the first failure
+		{1900 * time.Millisecond, 2},
+		{100 * time.Millisecond, 3}, // 2s after the second
+		{3900 * time.Millisecond, 3},
+		{100 * time.Millisecond, 4}, // 4s after the third
+	} {
+		clk.advance(step.advance)
+		c.wake()
+		if step.want > r.count(keyA) {
+			waitFor(t, fmt.Sprintf("retry %d", step.want), func() bool { return r.count(keyA) == step.want })
+		} else {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if n := r.count(keyA); n != step.want {
+			t.Fatalf("step %d: %d resolutions, want %d", i, n, step.want)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // agencyRecords is the agency pattern: client1 -> client2 -> server1, TTLs 300, 600 and 120/60.
@@ -410,5 +411,111 @@ func TestSelfResolutionLoops(t *testing.T) {
 	for _, name := range []string{"a.example.org.", "example.org."} {
 		m := query(t, addr, "udp", name, dns.TypeA, 1232)
 		checkServfail(t, m, dns.ExtendedErrorCodeOther, "loop")
+	}
+}
+
+func TestDNAMEChain(t *testing.T) {
+	u := newFakeUpstream(t)
+	// A resolver's answer: the DNAME, the CNAME synthesized from it, and the target's address.
+	u.handle("app.old.test.", func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Answer = []dns.RR{
+			mustRR(t, "old.test. 300 IN DNAME new.test."),
+			mustRR(t, "app.old.test. 300 IN CNAME app.new.test."),
+			mustRR(t, "app.new.test. 200 IN A 192.0.2.77"),
+		}
+		w.WriteMsg(m)
+	})
+	// An answer with the DNAME alone: flatten synthesizes the CNAME (RFC 6672 2.2) and asks on.
+	u.handle("web.old2.test.", func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Answer = []dns.RR{mustRR(t, "old2.test. 100 IN DNAME new.test.")}
+		w.WriteMsg(m)
+	})
+	u.add(t, "web.new.test. 300 IN A 192.0.2.78")
+	addr, _ := startCoreDNS(t, flattenCorefile(exampleZone(t),
+		"alias a app.old.test.", "alias b web.old2.test.", "upstream "+u.Addr))
+
+	m := query(t, addr, "udp", "a.example.org.", dns.TypeA, 0)
+	checkAddrs(t, m, "a.example.org.", "192.0.2.77")
+	checkTTL(t, m, 195, 200)
+	m = query(t, addr, "udp", "b.example.org.", dns.TypeA, 0)
+	checkAddrs(t, m, "b.example.org.", "192.0.2.78")
+	checkTTL(t, m, 95, 100) // the DNAME's TTL is on the chain
+	if c := u.count("web.new.test.", dns.TypeA); c != 1 {
+		t.Errorf("the name synthesized from the DNAME was asked %d times, want 1", c)
+	}
+}
+
+func TestUntrustedAnswersDiscarded(t *testing.T) {
+	u := newFakeUpstream(t)
+	reply := func(r *dns.Msg) *dns.Msg {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Answer = []dns.RR{mustRR(t, r.Question[0].Name+" 300 IN A 203.0.113.1")}
+		return m
+	}
+	u.handle("wrongid.agency.test.", func(w dns.ResponseWriter, r *dns.Msg) {
+		m := reply(r)
+		m.Id++
+		w.WriteMsg(m)
+	})
+	u.handle("otherq.agency.test.", func(w dns.ResponseWriter, r *dns.Msg) {
+		m := reply(r)
+		m.Question[0].Name = "example.org."
+		m.Answer = []dns.RR{mustRR(t, "example.org. 300 IN A 203.0.113.2")}
+		w.WriteMsg(m)
+	})
+	u.handle("garbage.agency.test.", func(w dns.ResponseWriter, r *dns.Msg) {
+		b, _ := reply(r).Pack()
+		w.Write(b[:len(b)-7]) // cut in the middle of the answer
+	})
+	u.handle("query.agency.test.", func(w dns.ResponseWriter, r *dns.Msg) {
+		m := reply(r)
+		m.Response = false // a query, not an answer
+		w.WriteMsg(m)
+	})
+	addr, _ := startCoreDNS(t, flattenCorefile(exampleZone(t),
+		"alias wrongid wrongid.agency.test.",
+		"alias otherq otherq.agency.test.",
+		"alias garbage garbage.agency.test.",
+		"alias query query.agency.test.",
+		"upstream "+u.Addr,
+		"timeout 300ms"))
+
+	checkServfail(t, query(t, addr, "udp", "wrongid.example.org.", dns.TypeA, 1232), dns.ExtendedErrorCodeNoReachableAuthority, "timeout")
+	checkServfail(t, query(t, addr, "udp", "otherq.example.org.", dns.TypeA, 1232), dns.ExtendedErrorCodeNetworkError, "another question")
+	checkServfail(t, query(t, addr, "udp", "garbage.example.org.", dns.TypeA, 1232), dns.ExtendedErrorCodeNetworkError, "garbage.agency.test.")
+	checkServfail(t, query(t, addr, "udp", "query.example.org.", dns.TypeA, 1232), dns.ExtendedErrorCodeNetworkError, "not a response")
+}
+
+func TestUpstreamMetrics(t *testing.T) {
+	u := newFakeUpstream(t, agencyRecords...)
+	u.handle("refused.agency.test.", func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetRcode(r, dns.RcodeRefused)
+		w.WriteMsg(m)
+	})
+	addr, _ := startCoreDNS(t, flattenCorefile(exampleZone(t),
+		"alias @ client1.agency.test.", "alias bad refused.agency.test.", "upstream "+u.Addr))
+	label := "dns://" + addr.udp
+	label = label[:strings.LastIndex(label, ":")] + ":0" // the server label keeps the configured port
+	query(t, addr, "udp", "example.org.", dns.TypeA, 0)
+	query(t, addr, "udp", "bad.example.org.", dns.TypeA, 0)
+	waitFor(t, "startup round", func() bool { return u.count("refused.agency.test.", dns.TypeAAAA) >= 1 })
+
+	if n := testutil.ToFloat64(upstreamQueries.WithLabelValues(label)); n < 6 {
+		t.Errorf("upstream_queries_total %v, want at least 6 (3 hops for A and AAAA)", n)
+	}
+	if n := testutil.ToFloat64(upstreamErrors.WithLabelValues(label, reasonRcode)); n < 2 {
+		t.Errorf("upstream_errors_total{reason=rcode} %v, want at least 2 (A and AAAA refused)", n)
+	}
+	if n := testutil.ToFloat64(refreshes.WithLabelValues(label)); n < 4 {
+		t.Errorf("refreshes_total %v, want at least 4 (the startup round)", n)
+	}
+	if n := testutil.ToFloat64(cacheEntries.WithLabelValues(label)); n != 4 {
+		t.Errorf("cache_entries %v, want 4 (2 aliases x A, AAAA)", n)
 	}
 }
