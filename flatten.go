@@ -68,9 +68,9 @@ func New() *Flatten {
 	}
 }
 
-// init builds the resolution path (upstream, walker, cache) from the settings. It opens no
+// prepare builds the resolution path (upstream, walker, cache) from the settings. It opens no
 // socket and starts no goroutine: that is OnStartup's job.
-func (f *Flatten) init(server string) {
+func (f *Flatten) prepare(server string) {
 	var ex exchanger
 	if len(f.upstreams) == 0 {
 		f.self = newSelfExchanger()

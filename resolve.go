@@ -282,19 +282,24 @@ func isReferral(resp *dns.Msg) bool {
 	return ns
 }
 
-// dedup removes records with the same data, keeping the first of each. Records arrive owned by
-// one name and of one type, so the data alone tells them apart.
+// dedup removes records with the same address, keeping the first of each. Records arrive owned
+// by one name and of one type (A or AAAA), so the address alone tells them apart. A map keeps
+// this linear: an upstream may send thousands of records over TCP.
 func dedup(rrs []dns.RR) []dns.RR {
 	out := make([]dns.RR, 0, len(rrs))
+	seen := make(map[string]bool, len(rrs))
 	for _, rr := range rrs {
-		dup := false
-		for _, o := range out {
-			if dns.IsDuplicate(rr, o) {
-				dup = true
-				break
-			}
+		var k string
+		switch v := rr.(type) {
+		case *dns.A:
+			k = string(v.A.To16())
+		case *dns.AAAA:
+			k = string(v.AAAA.To16())
+		default:
+			continue
 		}
-		if !dup {
+		if !seen[k] {
+			seen[k] = true
 			out = append(out, rr)
 		}
 	}

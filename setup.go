@@ -22,7 +22,7 @@ func setup(c *caddy.Controller) error {
 	if err != nil {
 		return plugin.Error("flatten", err)
 	}
-	f.init(configServerLabel(dnsserver.GetConfig(c)))
+	f.prepare(configServerLabel(dnsserver.GetConfig(c)))
 
 	c.OnStartup(f.OnStartup)
 	c.OnShutdown(f.OnShutdown)
