@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/coredns/coredns/core/dnsserver"
+
 	"github.com/miekg/dns"
 )
 
@@ -216,7 +218,11 @@ func (c *cache) len() int {
 // nothing fresh is known and no failure is remembered, and never keeps a client waiting longer
 // than the timeout. The ladder (RFC 8767): fresh, then stale within the window, then nothing
 // (the caller's fallback and SERVFAIL), with the failure that explains it.
-func (c *cache) get(ctx context.Context, s *slot) (*entry, source, *resolveError) {
+//
+// nested marks a lookup made by another resolution through this server. It resolves in its own
+// flight instead of joining one in progress: two resolutions whose chains lead into each other
+// would otherwise each wait for the other until the timeout, and the loop would never be seen.
+func (c *cache) get(ctx context.Context, s *slot, nested bool) (*entry, source, *resolveError) {
 	now := c.now()
 	e := s.good.Load()
 	if e != nil && now.Before(e.expires) {
@@ -237,20 +243,43 @@ func (c *cache) get(ctx context.Context, s *slot) (*entry, source, *resolveError
 		return c.staleOr(e, now, f.err)
 	}
 
-	fl := c.join(ctx, s)
+	fl := c.startFlight(ctx, s, nested)
 	t := time.NewTimer(c.timeout)
 	defer t.Stop()
-	select {
-	case <-fl.done:
-		if fl.err == nil {
-			return fl.entry, srcResolved, nil
+	for {
+		select {
+		case <-fl.done:
+			if fl.err == nil {
+				return fl.entry, srcResolved, nil
+			}
+			if fl.err == errNoServer && ctx.Value(dnsserver.Key{}) != nil {
+				// We joined a background flight made before any query had brought the server
+				// to resolve through. This query brings it: resolve again with it.
+				fl = c.startFlight(ctx, s, nested)
+				continue
+			}
+			return c.staleOr(e, c.now(), fl.err)
+		case <-t.C:
+			return c.staleOr(e, c.now(), errTimeout(s.key.name))
+		case <-ctx.Done():
+			return c.staleOr(e, c.now(), errTimeout(s.key.name))
 		}
-		return c.staleOr(e, c.now(), fl.err)
-	case <-t.C:
-		return c.staleOr(e, c.now(), errTimeout(s.key.name))
-	case <-ctx.Done():
-		return c.staleOr(e, c.now(), errTimeout(s.key.name))
 	}
+}
+
+// startFlight joins the flight of s, or for a nested lookup starts one of its own (see get).
+func (c *cache) startFlight(ctx context.Context, s *slot, nested bool) *flight {
+	if !nested {
+		return c.join(ctx, s)
+	}
+	fl := &flight{done: make(chan struct{})}
+	cacheMisses.WithLabelValues(c.server).Inc()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.run(context.WithoutCancel(ctx), s, fl)
+	}()
+	return fl
 }
 
 // usable reports whether e may still be served, fresh or stale.
@@ -325,7 +354,9 @@ func (c *cache) run(ctx context.Context, s *slot, fl *flight) {
 		s.fail.Store(nil)
 	}
 	s.mu.Lock()
-	s.flight = nil
+	if s.flight == fl {
+		s.flight = nil
+	}
 	s.mu.Unlock()
 	close(fl.done)
 }
@@ -343,7 +374,9 @@ func (c *cache) ttl(e *entry, src source, now time.Time) uint32 {
 	if src == srcStale {
 		return staleTTL
 	}
-	left := uint32(max(e.expires.Sub(now)/time.Second, 0))
+	// Whole seconds elapsed, as CoreDNS's cache counts: a fresh answer has the full TTL.
+	elapsed := now.Sub(e.fetched) / time.Second
+	left := uint32(max((e.lifetime/time.Second)-elapsed, 0))
 	return min(max(left, c.ttlMin), c.ttlMax)
 }
 

@@ -97,7 +97,7 @@ func TestCacheTTLCountsDownAndIsClamped(t *testing.T) {
 	c.ttlMin, c.ttlMax = 5, 3600
 	s := c.slotFor(keyA)
 
-	e, src, _ := c.get(context.Background(), s)
+	e, src, _ := c.get(context.Background(), s, false)
 	if src != srcResolved || c.ttl(e, src, clk.now()) != 100 {
 		t.Fatalf("first answer: src %d ttl %d, want fresh 100", src, c.ttl(e, src, clk.now()))
 	}
@@ -110,7 +110,7 @@ func TestCacheTTLCountsDownAndIsClamped(t *testing.T) {
 		{7 * time.Second, 5}, // 3 left, raised to MIN
 	} {
 		clk.advance(tc.advance)
-		e, src, _ = c.get(context.Background(), s)
+		e, src, _ = c.get(context.Background(), s, false)
 		if got := c.ttl(e, src, clk.now()); got != tc.want {
 			t.Errorf("after %v more: TTL %d, want %d", tc.advance, got, tc.want)
 		}
@@ -122,7 +122,7 @@ func TestCacheTTLCountsDownAndIsClamped(t *testing.T) {
 	// A chain TTL above MAX lives MAX seconds.
 	r.set(86400, nil)
 	s2 := c.slotFor(cacheKey{name: "long.example.net.", qtype: dns.TypeA})
-	e, src, _ = c.get(context.Background(), s2)
+	e, src, _ = c.get(context.Background(), s2, false)
 	if e.lifetime != time.Hour || c.ttl(e, src, clk.now()) != 3600 {
 		t.Errorf("chain TTL 86400: lifetime %v TTL %d, want 1h and 3600", e.lifetime, c.ttl(e, src, clk.now()))
 	}
@@ -134,15 +134,15 @@ func TestCacheExpiryResolvesAgain(t *testing.T) {
 	c := newTestCache(r, clk)
 	c.prefetch = 0.01
 	s := c.slotFor(keyA)
-	e, _, _ := c.get(context.Background(), s)
+	e, _, _ := c.get(context.Background(), s, false)
 	first := lastOctet(e)
 
 	clk.advance(59 * time.Second)
-	if e, _, _ = c.get(context.Background(), s); lastOctet(e) != first || r.count(keyA) != 1 {
+	if e, _, _ = c.get(context.Background(), s, false); lastOctet(e) != first || r.count(keyA) != 1 {
 		t.Fatalf("before expiry: a new resolution happened")
 	}
 	clk.advance(2 * time.Second)
-	e, src, _ := c.get(context.Background(), s)
+	e, src, _ := c.get(context.Background(), s, false)
 	if src != srcResolved || lastOctet(e) == first || r.count(keyA) != 2 {
 		t.Errorf("after expiry: src %d, address .%d (first .%d), %d resolutions; want a fresh new answer from a 2nd resolution",
 			src, lastOctet(e), first, r.count(keyA))
@@ -155,16 +155,16 @@ func TestCachePrefetchAtThreshold(t *testing.T) {
 	c := newTestCache(r, clk)
 	c.prefetch = 0.10
 	s := c.slotFor(keyA)
-	c.get(context.Background(), s)
+	c.get(context.Background(), s, false)
 
 	clk.advance(89 * time.Second) // 11% left: not yet
-	c.get(context.Background(), s)
+	c.get(context.Background(), s, false)
 	c.wg.Wait()
 	if n := r.count(keyA); n != 1 {
 		t.Fatalf("prefetch fired with 11%% of the TTL left (%d resolutions)", n)
 	}
 	clk.advance(2 * time.Second) // 9% left
-	e, src, _ := c.get(context.Background(), s)
+	e, src, _ := c.get(context.Background(), s, false)
 	if src != srcFresh || lastOctet(e) != 1 {
 		t.Errorf("the query that triggers a prefetch is answered from the entry it has: src %d .%d", src, lastOctet(e))
 	}
@@ -172,7 +172,7 @@ func TestCachePrefetchAtThreshold(t *testing.T) {
 	if n := r.count(keyA); n != 2 {
 		t.Fatalf("prefetch did not fire with 9%% left (%d resolutions)", n)
 	}
-	if e, _, _ := c.get(context.Background(), s); lastOctet(e) != 2 {
+	if e, _, _ := c.get(context.Background(), s, false); lastOctet(e) != 2 {
 		t.Errorf("after the prefetch the new answer is served: .%d", lastOctet(e))
 	}
 }
@@ -202,7 +202,7 @@ func TestCachePinnedRefreshedBeforeExpiry(t *testing.T) {
 
 	// A client never waits: the entry was replaced before it expired.
 	clk.advance(15 * time.Second)
-	if _, src, _ := c.get(context.Background(), s); src != srcFresh {
+	if _, src, _ := c.get(context.Background(), s, false); src != srcFresh {
 		t.Errorf("after the scheduled refresh: src %d, want fresh", src)
 	}
 }
@@ -220,7 +220,7 @@ func TestCacheConcurrentMissesCoalesce(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, src, _ := c.get(context.Background(), s); src == srcResolved {
+			if _, src, _ := c.get(context.Background(), s, false); src == srcResolved {
 				fresh.Add(1)
 			}
 		}()
@@ -245,7 +245,7 @@ func TestCacheCapacityNeverExceeded(t *testing.T) {
 	pinned := c.pin(cacheKey{name: "pinned.example.net.", qtype: dns.TypeA})
 	for i := range 100 {
 		s := c.slotFor(cacheKey{name: fmt.Sprintf("n%d.example.net.", i), qtype: dns.TypeA})
-		c.get(context.Background(), s)
+		c.get(context.Background(), s, false)
 		if n := c.len(); n > 11 {
 			t.Fatalf("after %d names: %d entries, capacity 10 (+1 pinned)", i+1, n)
 		}
@@ -272,13 +272,13 @@ func TestCacheNegativeUsesSOAMinimum(t *testing.T) {
 	c.now = clk.now
 	c.ttlMin = 5
 	s := c.slotFor(keyA)
-	e, _, _ := c.get(context.Background(), s)
+	e, _, _ := c.get(context.Background(), s, false)
 	if !e.chain.negative() || !e.chain.nxdomain || e.lifetime != 120*time.Second {
 		t.Fatalf("negative entry: negative %v nxdomain %v lifetime %v, want true true 2m0s", e.chain.negative(), e.chain.nxdomain, e.lifetime)
 	}
 	c.ttlMax = 60 // clamped by ttl MAX too
 	c.slots = map[cacheKey]*slot{}
-	e, _, _ = c.get(context.Background(), c.slotFor(keyA))
+	e, _, _ = c.get(context.Background(), c.slotFor(keyA), false)
 	if e.lifetime != 60*time.Second {
 		t.Errorf("negative lifetime %v with ttl MAX 60", e.lifetime)
 	}
@@ -290,11 +290,11 @@ func TestCacheFailureLadder(t *testing.T) {
 	c := newTestCache(r, clk)
 	c.stale = time.Hour
 	s := c.slotFor(keyA)
-	c.get(context.Background(), s)
+	c.get(context.Background(), s, false)
 
 	r.set(10, errTimeout("target.example.net."))
 	clk.advance(11 * time.Second) // expired
-	e, src, err := c.get(context.Background(), s)
+	e, src, err := c.get(context.Background(), s, false)
 	if src != srcStale || e == nil || err == nil || err.reason != reasonTimeout {
 		t.Fatalf("upstream down after expiry: src %d err %v, want stale with the timeout", src, err)
 	}
@@ -303,7 +303,7 @@ func TestCacheFailureLadder(t *testing.T) {
 	}
 	calls := r.count(keyA)
 	for range 50 {
-		c.get(context.Background(), s)
+		c.get(context.Background(), s, false)
 	}
 	if n := r.count(keyA); n != calls {
 		t.Errorf("50 queries during a remembered failure caused %d resolutions, want 0", n-calls)
@@ -312,7 +312,7 @@ func TestCacheFailureLadder(t *testing.T) {
 	// After the failure is no longer remembered, one query retries in the background and is
 	// answered stale at once.
 	clk.advance(failureTTL + time.Second)
-	if _, src, _ = c.get(context.Background(), s); src != srcStale {
+	if _, src, _ = c.get(context.Background(), s, false); src != srcStale {
 		t.Errorf("retry after the failure memory: src %d, want stale without waiting", src)
 	}
 	c.wg.Wait()
@@ -322,7 +322,7 @@ func TestCacheFailureLadder(t *testing.T) {
 
 	// Past the stale window: nothing to serve, and the reason.
 	clk.advance(time.Hour)
-	if e, src, err = c.get(context.Background(), s); src != srcNone || e != nil || err == nil {
+	if e, src, err = c.get(context.Background(), s, false); src != srcNone || e != nil || err == nil {
 		t.Errorf("past the stale window: src %d entry %v err %v, want none with an error", src, e, err)
 	}
 
@@ -330,10 +330,10 @@ func TestCacheFailureLadder(t *testing.T) {
 	c2 := newTestCache(newFakeResolver(10), clk)
 	c2.stale = 0
 	s2 := c2.slotFor(keyA)
-	c2.get(context.Background(), s2)
+	c2.get(context.Background(), s2, false)
 	c2.resolve = func(context.Context, cacheKey) (*chain, error) { return nil, errors.New("down") }
 	clk.advance(11 * time.Second)
-	if _, src, _ = c2.get(context.Background(), s2); src != srcNone {
+	if _, src, _ = c2.get(context.Background(), s2, false); src != srcNone {
 		t.Errorf("serve_stale 0: src %d, want none", src)
 	}
 }
@@ -345,7 +345,7 @@ func TestCacheClientWaitsAtMostTimeout(t *testing.T) {
 	c := newTestCache(r, clk)
 	c.timeout = 50 * time.Millisecond
 	defer c.stop()
-	_, src, err := c.get(context.Background(), c.slotFor(keyA))
+	_, src, err := c.get(context.Background(), c.slotFor(keyA), false)
 	if src != srcNone || err == nil || err.reason != reasonTimeout {
 		t.Errorf("hung upstream: src %d err %v, want none with a timeout", src, err)
 	}

@@ -148,12 +148,13 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 
 	// A lookup through this server that comes back to a name whose target is already being
 	// resolved further up is a loop (a flattened name whose chain leads back to itself).
-	if p := pathFrom(ctx); p.contains(a.target) || p.len() > f.maxDepth {
+	p := pathFrom(ctx)
+	if p.contains(a.target) || p.len() > f.maxDepth {
 		return f.servfail(w, r, errLoop(a.target))
 	}
 
 	qtype := r.Question[0].Qtype
-	e, src, rerr := f.cache.get(ctx, a.slots[qtypeIndex(qtype)])
+	e, src, rerr := f.cache.get(ctx, a.slots[qtypeIndex(qtype)], p != nil)
 	switch src {
 	case srcFresh:
 		cacheHits.WithLabelValues(server).Inc()

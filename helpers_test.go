@@ -56,16 +56,23 @@ func newFakeUpstream(t *testing.T, records ...string) *fakeUpstream {
 	}
 	u.add(t, records...)
 
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	// One port for UDP and TCP: take a free UDP port, then the same TCP port, and try again with
+	// another port if that one is taken for TCP.
+	var pc net.PacketConn
+	var l net.Listener
+	for try := 0; l == nil; try++ {
+		var err error
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if l, err = net.Listen("tcp", pc.LocalAddr().String()); err != nil {
+			pc.Close()
+			if try == 20 {
+				t.Fatal(err)
+			}
+		}
 	}
 	u.Addr = pc.LocalAddr().String()
-	l, err := net.Listen("tcp", u.Addr)
-	if err != nil {
-		pc.Close()
-		t.Fatal(err)
-	}
 	h := dns.HandlerFunc(u.serve)
 	u.udp = &dns.Server{PacketConn: pc, Handler: h}
 	u.tcp = &dns.Server{Listener: l, Handler: h}
