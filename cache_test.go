@@ -351,11 +351,12 @@ func TestCacheClientWaitsAtMostTimeout(t *testing.T) {
 	}
 }
 
-// refresherGoroutines counts live background goroutines of flatten caches.
+// refresherGoroutines counts live background goroutines of flatten caches. debug=2 lists every
+// goroutine on its own (debug=1 would merge identical stacks into one entry).
 func refresherGoroutines() int {
 	var b strings.Builder
-	pprof.Lookup("goroutine").WriteTo(&b, 1)
-	return strings.Count(b.String(), "flatten.(*cache).refresher")
+	pprof.Lookup("goroutine").WriteTo(&b, 2)
+	return strings.Count(b.String(), "flatten.(*cache).refresher(")
 }
 
 func TestCacheStopEndsBackgroundWork(t *testing.T) {
