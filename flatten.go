@@ -5,14 +5,18 @@ package flatten
 
 import (
 	"context"
+	"math"
 	"strings"
 	"time"
 
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/metrics"
+	clog "github.com/coredns/coredns/plugin/pkg/log"
 
 	"github.com/miekg/dns"
 )
+
+var log = clog.NewWithPlugin("flatten")
 
 // Defaults of the Corefile options.
 const (
@@ -40,6 +44,10 @@ type Flatten struct {
 	capacity   int
 	prefetch   float64
 	serveStale time.Duration
+
+	zoneAliasOn bool         // `zone_alias`
+	zoneAliases *zoneAliases // with zone_alias: the names known to hold ALIAS records
+	cnames      *cnameNames  // `cname NAMES...`
 
 	cache   *cache
 	self    *selfExchanger  // set when resolving through this server
@@ -83,6 +91,9 @@ func (f *Flatten) prepare(server string) {
 	f.initCache(func(ctx context.Context, k cacheKey) (*chain, error) {
 		return w.resolve(withPath(ctx, k.name), k.name, k.qtype)
 	}, server)
+	if f.zoneAliasOn {
+		f.zoneAliases = newZoneAliases(f.capacity)
+	}
 }
 
 // initCache makes the cache in front of resolve and pins a slot per alias and address type.
@@ -139,31 +150,68 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 		f.cache.wakeUnresolved()
 	}
 
-	a := f.intercept(r)
-	if a == nil {
+	if !isAddressQuery(r) {
 		return plugin.NextOrFailure(f.Name(), f.Next, ctx, w, r)
 	}
+	// strings.ToLower does not allocate when the name is already lower case.
+	name := strings.ToLower(r.Question[0].Name)
+	qtype := r.Question[0].Qtype
+
+	// A configured alias: answered from memory, without looking at the zone.
+	if a := f.aliases[name]; a != nil {
+		return f.flatten(ctx, w, r, a.target, a.slots[qtypeIndex(qtype)], a.zone, math.MaxUint32)
+	}
+	zone := plugin.Zones(f.Zones).Matches(name)
+	if zone == "" {
+		return plugin.NextOrFailure(f.Name(), f.Next, ctx, w, r)
+	}
+	// An ALIAS record in the zone: flattened like a configured alias, its TTL one more bound.
+	if f.zoneAliases != nil {
+		if za := f.zoneAliasFor(ctx, w, r, name); za.target != "" {
+			s := f.cache.slotFor(cacheKey{name: za.target, qtype: qtype})
+			return f.flatten(ctx, w, r, za.target, s, zone, za.ttl)
+		}
+	}
+	if f.cnames.match(name) {
+		return f.flattenCNAME(ctx, w, r, zone)
+	}
+	return plugin.NextOrFailure(f.Name(), f.Next, ctx, w, r)
+}
+
+// isAddressQuery reports whether r is a query flatten may answer: opcode QUERY, class IN, one
+// question, type A or AAAA. Everything else goes to the next plugin untouched.
+func isAddressQuery(r *dns.Msg) bool {
+	if r.Opcode != dns.OpcodeQuery || len(r.Question) != 1 {
+		return false
+	}
+	q := r.Question[0]
+	return q.Qclass == dns.ClassINET && (q.Qtype == dns.TypeA || q.Qtype == dns.TypeAAAA)
+}
+
+// flatten answers r with the addresses target resolves to, from slot s: the failure ladder.
+// ttlCap bounds the answer's TTL: an ALIAS record's TTL, or the TTLs of the part of a CNAME chain
+// that is in the zone.
+func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, target string, s *slot, zone string, ttlCap uint32) (int, error) {
 	server := metrics.WithServer(ctx)
 	requests.WithLabelValues(server).Inc()
 
-	// A lookup through this server that comes back to a name whose target is already being
-	// resolved further up is a loop (a flattened name whose chain leads back to itself).
+	// A lookup through this server that comes back to a target that is already being resolved
+	// further up is a loop (a flattened name whose chain leads back to itself).
 	p := pathFrom(ctx)
-	if p.contains(a.target) || p.len() > f.maxDepth {
-		return f.servfail(w, r, errLoop(a.target))
+	if p.contains(target) || p.len() > f.maxDepth {
+		return f.servfail(w, r, errLoop(target))
 	}
 
-	qtype := r.Question[0].Qtype
-	e, src, rerr := f.cache.get(ctx, a.slots[qtypeIndex(qtype)], p != nil)
+	e, src, rerr := f.cache.get(ctx, s, p != nil)
 	switch src {
 	case srcFresh:
 		cacheHits.WithLabelValues(server).Inc()
-		return f.answer(ctx, w, r, a, e, src)
+		return f.answer(ctx, w, r, zone, e, src, ttlCap)
 	case srcResolved:
-		return f.answer(ctx, w, r, a, e, src)
+		return f.answer(ctx, w, r, zone, e, src, ttlCap)
 	case srcStale:
 		staleAnswers.WithLabelValues(server).Inc()
-		return f.answer(ctx, w, r, a, e, src)
+		return f.answer(ctx, w, r, zone, e, src, ttlCap)
 	}
 
 	// Nothing to serve from the cache: the zone's own records at the name (the ANAME draft's
@@ -180,31 +228,52 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	return f.servfail(w, r, rerr)
 }
 
-// intercept returns the alias a query is for, or nil when the query is not ours: only
-// opcode QUERY, class IN, type A or AAAA, at a configured name (any letter case).
-func (f *Flatten) intercept(r *dns.Msg) *alias {
-	if r.Opcode != dns.OpcodeQuery || len(r.Question) != 1 {
-		return nil
+// flattenCNAME answers r from what the plugins below answer: unchanged unless it is a CNAME
+// chain, which is replaced with the addresses at its end under the question name. A chain that
+// leaves the zone is resolved upstream, through the cache, like an alias's target.
+func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, zone string) (int, error) {
+	m, rcode, err := f.askNext(ctx, w, r, r.Question[0].Name, r.Question[0].Qtype)
+	if m == nil {
+		return rcode, err
 	}
 	q := r.Question[0]
-	if q.Qclass != dns.ClassINET || (q.Qtype != dns.TypeA && q.Qtype != dns.TypeAAAA) {
-		return nil
+	c := &chain{ttl: math.MaxUint32}
+	name := strings.ToLower(q.Name)
+	end, ferr := follow(m, name, q.Qtype, c, map[string]bool{name: true}, f.maxDepth)
+	if ferr != nil || len(c.hops) == 0 || (m.Rcode != dns.RcodeSuccess && len(c.addrs) == 0) {
+		// Not a chain (or a broken one, or one that ends in NXDOMAIN in the zone): the zone's
+		// answer stands as it is.
+		w.WriteMsg(m)
+		return dns.RcodeSuccess, nil
 	}
-	// strings.ToLower does not allocate when the name is already lower case.
-	return f.aliases[strings.ToLower(q.Name)]
+	if len(c.addrs) > 0 {
+		// The plugins below followed the whole chain inside the zone.
+		ttl := min(max(c.ttl, f.ttlMin), f.ttlMax)
+		reply := new(dns.Msg)
+		reply.SetReply(r)
+		reply.Authoritative = true
+		reply.Answer = renamed(c.addrs, q.Name, ttl)
+		w.WriteMsg(reply)
+		return dns.RcodeSuccess, nil
+	}
+	s := f.cache.slotFor(cacheKey{name: end, qtype: q.Qtype})
+	return f.flatten(ctx, w, r, end, s, zone, c.ttl)
 }
 
 // answer writes a flattened answer from e: the address RRset under the question name exactly
 // as the client spelled it, AA set, no CNAME. A target without addresses of the type gets
 // NODATA with the zone's SOA (RFC 2308 2.2), never NXDOMAIN: the name exists and owns the
 // zone's other records.
-func (f *Flatten) answer(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, a *alias, e *entry, src source) (int, error) {
+func (f *Flatten) answer(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, zone string, e *entry, src source, ttlCap uint32) (int, error) {
 	ttl := f.cache.ttl(e, src, f.cache.now())
+	if src != srcStale {
+		ttl = min(ttl, max(ttlCap, f.ttlMin))
+	}
 	m := new(dns.Msg)
 	m.SetReply(r)
 	m.Authoritative = true
 	if e.chain.negative() {
-		if soa := f.zoneSOA(ctx, w, r, a.zone); soa != nil {
+		if soa := f.zoneSOA(ctx, w, r, zone); soa != nil {
 			// The SOA's TTL is how long resolvers cache the NODATA (RFC 2308 5): no longer than
 			// we will keep the target's negative answer.
 			soa.Hdr.Ttl = min(soa.Hdr.Ttl, soa.Minttl, ttl)

@@ -147,7 +147,7 @@ func (w *walker) resolve(ctx context.Context, target string, qtype uint16) (*cha
 			return nil, errRcode(name, resp)
 		}
 
-		cur, err := w.follow(resp, name, qtype, c, visited)
+		cur, err := follow(resp, name, qtype, c, visited, w.maxDepth)
 		if err != nil {
 			return nil, err
 		}
@@ -178,7 +178,7 @@ func (w *walker) resolve(ctx context.Context, target string, qtype uint16) (*cha
 
 // follow walks the chain inside one answer, starting at name. It appends hops and the final
 // addresses to c and returns the name the walk stopped at.
-func (w *walker) follow(resp *dns.Msg, name string, qtype uint16, c *chain, visited map[string]bool) (string, error) {
+func follow(resp *dns.Msg, name string, qtype uint16, c *chain, visited map[string]bool, maxDepth int) (string, error) {
 	cur := name
 	for {
 		var addrs []dns.RR
@@ -233,8 +233,8 @@ func (w *walker) follow(resp *dns.Msg, name string, qtype uint16, c *chain, visi
 		if visited[next] {
 			return "", errLoop(next)
 		}
-		if len(c.hops) > w.maxDepth {
-			return "", errDepth(c.hops[0].owner, w.maxDepth)
+		if len(c.hops) > maxDepth {
+			return "", errDepth(c.hops[0].owner, maxDepth)
 		}
 		visited[next] = true
 		cur = next

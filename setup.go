@@ -70,7 +70,7 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 		seen := map[string]bool{}
 		for c.NextBlock() {
 			opt := c.Val()
-			if opt != "alias" && seen[opt] {
+			if opt != "alias" && opt != "cname" && seen[opt] {
 				return nil, c.Errf("'%s' given more than once", opt)
 			}
 			seen[opt] = true
@@ -92,6 +92,11 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 				err = f.parsePrefetch(c)
 			case "serve_stale":
 				err = f.parseServeStale(c)
+			case "zone_alias":
+				_, err = args(c, 0)
+				f.zoneAliasOn = true
+			case "cname":
+				err = f.parseCNAME(c)
 			default:
 				return nil, c.Errf("unknown property '%s'", opt)
 			}
@@ -100,8 +105,8 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 			}
 		}
 	}
-	if len(f.aliases) == 0 {
-		return nil, c.Errf("at least one 'alias NAME TARGET' is required")
+	if len(f.aliases) == 0 && !f.zoneAliasOn && f.cnames.empty() {
+		return nil, c.Errf("nothing to flatten: give at least one 'alias NAME TARGET', 'zone_alias' or 'cname NAMES...'")
 	}
 	return f, nil
 }
@@ -171,6 +176,48 @@ func (f *Flatten) aliasName(c *caddy.Controller, s string) (string, string, erro
 		return "", "", c.Errf("alias name '%s' is not inside the zones %v", s, f.Zones)
 	}
 	return name, zone, nil
+}
+
+// parseCNAME reads `cname NAMES...`: absolute names inside ZONES, `@` for the apex of the single
+// zone, `*.ZONE` for every name below a zone, or `*` for every name in ZONES.
+func (f *Flatten) parseCNAME(c *caddy.Controller) error {
+	a := c.RemainingArgs()
+	if len(a) == 0 {
+		return c.Errf("'cname' takes at least 1 argument: the names whose CNAME answers are flattened")
+	}
+	if f.cnames == nil {
+		f.cnames = &cnameNames{exact: map[string]bool{}}
+	}
+	for _, s := range a {
+		switch {
+		case s == "*":
+			f.cnames.all = true
+		case s == "@":
+			if len(f.Zones) != 1 {
+				return c.Errf("cname name '@' needs exactly one zone, have %d: %v", len(f.Zones), f.Zones)
+			}
+			f.cnames.exact[f.Zones[0]] = true
+		case strings.HasPrefix(s, "*."):
+			zone := strings.ToLower(s[2:])
+			if !strings.HasSuffix(zone, ".") || !hostname(zone) {
+				return c.Errf("cname wildcard '%s' must be '*.' followed by an absolute host name", s)
+			}
+			if plugin.Zones(f.Zones).Matches(zone) == "" {
+				return c.Errf("cname wildcard '%s' is not inside the zones %v", s, f.Zones)
+			}
+			f.cnames.suffixes = append(f.cnames.suffixes, "."+zone)
+		default:
+			name := strings.ToLower(s)
+			if !strings.HasSuffix(name, ".") || !hostname(name) {
+				return c.Errf("cname name '%s' must be an absolute host name (end with a dot), '@', '*.ZONE' or '*'", s)
+			}
+			if plugin.Zones(f.Zones).Matches(name) == "" {
+				return c.Errf("cname name '%s' is not inside the zones %v", s, f.Zones)
+			}
+			f.cnames.exact[name] = true
+		}
+	}
+	return nil
 }
 
 func (f *Flatten) parseUpstream(c *caddy.Controller) error {

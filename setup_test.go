@@ -990,12 +990,12 @@ func TestParseBlock(t *testing.T) {
 		// 11: no alias at all.
 		{`flatten {
 			max_depth 3
-		}`, nil, true, "at least one 'alias NAME TARGET' is required", anyParseLine, nil},
+		}`, nil, true, "nothing to flatten: give at least one 'alias NAME TARGET'", anyParseLine, nil},
 		// 12
 		{`flatten {
-		}`, nil, true, "at least one 'alias NAME TARGET' is required", anyParseLine, nil},
+		}`, nil, true, "nothing to flatten: give at least one 'alias NAME TARGET'", anyParseLine, nil},
 		// 13
-		{`flatten`, nil, true, "at least one 'alias NAME TARGET' is required", 1, nil},
+		{`flatten`, nil, true, "nothing to flatten: give at least one 'alias NAME TARGET'", 1, nil},
 		// 14: an invalid ZONES argument.
 		{`flatten example.org bad..zone {
 			alias @ target.example.net.

@@ -2,7 +2,11 @@ package flatten
 
 import (
 	"context"
+	"encoding/hex"
+	"fmt"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/coredns/coredns/plugin/pkg/nonwriter"
 
@@ -10,23 +14,26 @@ import (
 )
 
 // askNext sends a question to the plugins below flatten and returns their answer without
-// writing it to the client (nonwriter), or nil when they wrote nothing.
-func (f *Flatten) askNext(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, name string, qtype uint16) *dns.Msg {
+// writing it to the client (nonwriter): nil, with their rcode and error, when they wrote nothing.
+func (f *Flatten) askNext(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, name string, qtype uint16) (*dns.Msg, int, error) {
 	if f.Next == nil {
-		return nil
+		return nil, dns.RcodeServerFailure, nil
 	}
-	q := r.Copy()
-	q.Question[0] = dns.Question{Name: name, Qtype: qtype, Qclass: dns.ClassINET}
+	q := r
+	if q.Question[0].Name != name || q.Question[0].Qtype != qtype {
+		q = r.Copy()
+		q.Question[0] = dns.Question{Name: name, Qtype: qtype, Qclass: dns.ClassINET}
+	}
 	nw := nonwriter.New(w)
-	f.Next.ServeDNS(ctx, nw, q)
-	return nw.Msg
+	rcode, err := f.Next.ServeDNS(ctx, nw, q)
+	return nw.Msg, rcode, err
 }
 
 // zoneAddrs returns the records of the query's type that the zone itself holds at the query's
 // name: the fallback served when the target cannot be resolved.
 func (f *Flatten) zoneAddrs(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) []dns.RR {
 	q := r.Question[0]
-	m := f.askNext(ctx, w, r, q.Name, q.Qtype)
+	m, _, _ := f.askNext(ctx, w, r, q.Name, q.Qtype)
 	if m == nil || m.Rcode != dns.RcodeSuccess {
 		return nil
 	}
@@ -42,7 +49,7 @@ func (f *Flatten) zoneAddrs(ctx context.Context, w dns.ResponseWriter, r *dns.Ms
 // zoneSOA returns a copy of the SOA of zone from the plugins below, for the authority section
 // of a NODATA answer (RFC 2308 3), or nil when they do not serve the zone.
 func (f *Flatten) zoneSOA(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, zone string) *dns.SOA {
-	m := f.askNext(ctx, w, r, zone, dns.TypeSOA)
+	m, _, _ := f.askNext(ctx, w, r, zone, dns.TypeSOA)
 	if m == nil || m.Rcode != dns.RcodeSuccess {
 		return nil
 	}
@@ -52,4 +59,125 @@ func (f *Flatten) zoneSOA(ctx context.Context, w dns.ResponseWriter, r *dns.Msg,
 		}
 	}
 	return nil
+}
+
+// typeALIAS is PowerDNS's ALIAS record type; its data is one domain name in wire format. Zones
+// hold it in RFC 3597 generic form: `NAME TTL IN TYPE65401 \# LEN HEX`.
+const typeALIAS = 65401
+
+// zoneAlias is what the zone says about one name: the target of its ALIAS record, if any.
+type zoneAlias struct {
+	target  string // lowercased FQDN; empty: the name holds no (usable) ALIAS record
+	ttl     uint32 // the ALIAS record's TTL: one more bound on the answer's TTL
+	checked time.Time
+}
+
+// zoneAliases remembers which names hold ALIAS records, so that an A/AAAA query costs no extra
+// lookup in the zone while the memory is fresh. It is refreshed per name after `refresh` (a zone
+// reload or transfer is seen within that time), and bounded: past capacity, entries are dropped
+// at random, so names made up by clients cannot grow it without end.
+type zoneAliases struct {
+	mu       sync.RWMutex
+	names    map[string]*zoneAlias
+	refresh  time.Duration
+	capacity int
+}
+
+// zoneAliasRefresh is how long what a name holds is remembered.
+const zoneAliasRefresh = 5 * time.Second
+
+func newZoneAliases(capacity int) *zoneAliases {
+	return &zoneAliases{names: map[string]*zoneAlias{}, refresh: zoneAliasRefresh, capacity: capacity}
+}
+
+// lookup returns the ALIAS target of name (lowercased), asking the plugins below only when what
+// it remembers is older than the refresh interval.
+func (f *Flatten) zoneAliasFor(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, name string) *zoneAlias {
+	za := f.zoneAliases
+	now := f.cache.now()
+	za.mu.RLock()
+	z, ok := za.names[name]
+	za.mu.RUnlock()
+	if ok && now.Sub(z.checked) < za.refresh {
+		return z
+	}
+
+	z = &zoneAlias{checked: now}
+	if m, _, _ := f.askNext(ctx, w, r, name, typeALIAS); m != nil && m.Rcode == dns.RcodeSuccess {
+		for _, rr := range m.Answer {
+			if rr.Header().Rrtype != typeALIAS || !strings.EqualFold(rr.Header().Name, name) {
+				continue
+			}
+			target, err := aliasTarget(rr)
+			if err != nil {
+				log.Warningf("ignoring the ALIAS record at %s: %v", name, err)
+				continue
+			}
+			z.target, z.ttl = target, rr.Header().Ttl
+			break // PowerDNS uses the first ALIAS at a name too
+		}
+	}
+
+	za.mu.Lock()
+	if len(za.names) >= za.capacity {
+		for k := range za.names {
+			delete(za.names, k)
+			break
+		}
+	}
+	za.names[name] = z
+	za.mu.Unlock()
+	return z
+}
+
+// aliasTarget decodes the domain name in an ALIAS record's data, which miekg/dns keeps in RFC
+// 3597 form (the type is unknown to it).
+func aliasTarget(rr dns.RR) (string, error) {
+	u, ok := rr.(*dns.RFC3597)
+	if !ok {
+		return "", fmt.Errorf("not in RFC 3597 form: %s", rr)
+	}
+	wire, err := hex.DecodeString(u.Rdata)
+	if err != nil {
+		return "", fmt.Errorf("rdata is not hex: %v", err)
+	}
+	name, off, err := dns.UnpackDomainName(wire, 0)
+	if err != nil {
+		return "", fmt.Errorf("rdata is not a domain name: %v", err)
+	}
+	if off != len(wire) {
+		return "", fmt.Errorf("%d bytes after the domain name", len(wire)-off)
+	}
+	name = strings.ToLower(name)
+	if !hostname(name) {
+		return "", fmt.Errorf("target %q is not a host name", name)
+	}
+	return name, nil
+}
+
+// cnameNames is the `cname NAMES...` option: which names get the CNAME chains that the plugins
+// below answer with flattened.
+type cnameNames struct {
+	all      bool            // `*`: every name in ZONES
+	exact    map[string]bool // absolute names
+	suffixes []string        // `*.zone.`: names strictly below zone, as ".zone."
+}
+
+func (c *cnameNames) empty() bool {
+	return c == nil || (!c.all && len(c.exact) == 0 && len(c.suffixes) == 0)
+}
+
+func (c *cnameNames) match(name string) bool {
+	if c.empty() {
+		return false
+	}
+	if c.all || c.exact[name] {
+		return true
+	}
+	for _, s := range c.suffixes {
+		if strings.HasSuffix(name, s) {
+			return true
+		}
+	}
+	return false
 }
