@@ -256,6 +256,19 @@ func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns
 		w.WriteMsg(reply)
 		return dns.RcodeSuccess, nil
 	}
+	if plugin.Zones(f.Zones).Matches(end) != "" || hasNegativeSOA(m, end) {
+		// The chain ends inside the zone, or the zone proved its end has no address of the type:
+		// the plugins below already answered it, and it is nobody else's business. NODATA.
+		reply := new(dns.Msg)
+		reply.SetReply(r)
+		reply.Authoritative = true
+		if soa := f.zoneSOA(ctx, w, r, zone); soa != nil {
+			soa.Hdr.Ttl = min(soa.Hdr.Ttl, soa.Minttl, max(c.ttl, f.ttlMin))
+			reply.Ns = []dns.RR{soa}
+		}
+		w.WriteMsg(reply)
+		return dns.RcodeSuccess, nil
+	}
 	s := f.cache.slotFor(cacheKey{name: end, qtype: q.Qtype})
 	return f.flatten(ctx, w, r, end, s, zone, c.ttl)
 }

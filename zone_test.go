@@ -281,8 +281,16 @@ func TestCNAMEFromFileZone(t *testing.T) {
 	checkAddrs(t, query(t, addr, "udp", "www.example.org.", dns.TypeA, 0), "www.example.org.", "192.0.2.10", "192.0.2.11")
 	checkAddrs(t, query(t, addr, "udp", "x.shop.example.org.", dns.TypeAAAA, 0), "x.shop.example.org.", "2001:db8::10")
 	checkAddrs(t, query(t, addr, "udp", "alias2.example.org.", dns.TypeA, 0), "alias2.example.org.", "192.0.2.25")
+	// An in-zone chain to a name without AAAA: NODATA with the zone's SOA, and no upstream question.
+	m := query(t, addr, "udp", "alias2.example.org.", dns.TypeAAAA, 0)
+	if m.Rcode != dns.RcodeSuccess || len(m.Answer) != 0 || len(m.Ns) != 1 || m.Ns[0].Header().Rrtype != dns.TypeSOA {
+		t.Errorf("in-zone chain, no AAAA: want NODATA with the SOA, got\n%s", m)
+	}
+	if n := u.count("mail.example.org.", dns.TypeAAAA); n != 0 {
+		t.Errorf("the end of an in-zone chain was asked upstream %d times", n)
+	}
 	// Other types at www: the zone's CNAME.
-	if m := query(t, addr, "udp", "www.example.org.", dns.TypeMX, 0); len(m.Answer) == 0 || m.Answer[0].Header().Rrtype != dns.TypeCNAME {
+	if m = query(t, addr, "udp", "www.example.org.", dns.TypeMX, 0); len(m.Answer) == 0 || m.Answer[0].Header().Rrtype != dns.TypeCNAME {
 		t.Errorf("MX at www: %v", m.Answer)
 	}
 }
