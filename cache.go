@@ -102,6 +102,7 @@ type cache struct {
 	timeout  time.Duration // the most a client waits for a resolution
 	capacity int           // most slots made on demand
 	server   string        // metrics label for work done outside any query
+	identity string        // the listener and zones: what a reloaded instance takes over from
 
 	mu     sync.RWMutex
 	slots  map[cacheKey]*slot
@@ -380,11 +381,49 @@ func (c *cache) ttl(e *entry, src source, now time.Time) uint32 {
 	return min(max(left, c.ttlMin), c.ttlMax)
 }
 
+// live holds the running caches by identity. A Corefile reload (the *reload* plugin) starts the
+// new instance before it shuts the old one down; the new cache takes the old one's entries, so an
+// upstream outage that spans a reload is still answered stale, and a reload costs no resolution
+// of what is fresh.
+var live = struct {
+	sync.Mutex
+	caches map[string]*cache
+}{caches: map[string]*cache{}}
+
+// adopt copies the entries of the cache c replaces, if any, and registers c in its place.
+func (c *cache) adopt() {
+	live.Lock()
+	old := live.caches[c.identity]
+	live.caches[c.identity] = c
+	live.Unlock()
+	if old == nil || old == c {
+		return
+	}
+	old.mu.RLock()
+	entries := make(map[cacheKey]*entry, len(old.slots))
+	for k, s := range old.slots {
+		if e := s.good.Load(); e != nil {
+			entries[k] = e
+		}
+	}
+	old.mu.RUnlock()
+	for k, e := range entries {
+		c.mu.RLock()
+		s, ok := c.slots[k]
+		c.mu.RUnlock()
+		if !ok {
+			s = c.slotFor(k) // on demand, within this cache's capacity
+		}
+		s.good.Store(e)
+	}
+}
+
 // start begins the startup round and the background refresh of pinned slots.
 func (c *cache) start() {
 	if c.started.Swap(true) {
 		return
 	}
+	c.adopt()
 	now := c.now()
 	c.schedMu.Lock()
 	c.mu.RLock()
@@ -407,6 +446,11 @@ func (c *cache) stop() {
 	if c.stopped.Swap(true) {
 		return
 	}
+	live.Lock()
+	if live.caches[c.identity] == c {
+		delete(live.caches, c.identity)
+	}
+	live.Unlock()
 	c.cancel()
 	c.wg.Wait()
 }
@@ -499,12 +543,18 @@ func (c *cache) runDue() time.Duration {
 // refreshPinned resolves a pinned slot (joining a flight a client may have started) and puts it
 // back on the schedule: before it expires after a success, with backoff after a failure.
 func (c *cache) refreshPinned(s *slot) {
-	refreshes.WithLabelValues(c.server).Inc()
-	fl := c.join(c.base, s)
-	select {
-	case <-fl.done:
-	case <-c.base.Done():
-		return
+	var fl *flight
+	if e := s.good.Load(); e != nil && c.now().Before(e.expires.Add(-c.refreshLead(e))) {
+		// A query resolved it since it was scheduled (at startup, typically): not due yet.
+		fl = &flight{entry: e}
+	} else {
+		refreshes.WithLabelValues(c.server).Inc()
+		fl = c.join(c.base, s)
+		select {
+		case <-fl.done:
+		case <-c.base.Done():
+			return
+		}
 	}
 
 	now := c.now()
@@ -516,13 +566,18 @@ func (c *cache) refreshPinned(s *slot) {
 	}
 	if fl.err == nil {
 		s.backoff = 0
-		left := time.Duration(float64(fl.entry.lifetime) * (1 - c.prefetch))
-		s.due = fl.entry.fetched.Add(max(left, minRefresh))
+		s.due = fl.entry.expires.Add(-c.refreshLead(fl.entry))
 	} else {
 		s.backoff = min(max(2*s.backoff, minRefresh), maxBackoff)
 		s.due = now.Add(s.backoff)
 	}
 	heap.Push(&c.schedule, s)
+}
+
+// refreshLead is how long before e expires it is refreshed: the prefetch fraction of its lifetime,
+// leaving it at least minRefresh to live first.
+func (c *cache) refreshLead(e *entry) time.Duration {
+	return min(time.Duration(float64(e.lifetime)*c.prefetch), max(e.lifetime-minRefresh, 0))
 }
 
 // refreshHeap orders pinned slots by when they are due.

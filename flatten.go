@@ -102,6 +102,9 @@ func (f *Flatten) initCache(resolve resolveFunc, server string) {
 	c.ttlMin, c.ttlMax = f.ttlMin, f.ttlMax
 	c.prefetch, c.stale = f.prefetch, f.serveStale
 	c.timeout, c.capacity, c.server = f.timeout, f.capacity, server
+	// A reloaded instance takes over the entries of the one it replaces: same listener, same
+	// zones, same upstreams (answers resolved elsewhere are not kept).
+	c.identity = server + " " + strings.Join(f.Zones, ",") + " " + strings.Join(f.upstreams, ",")
 	c.base = withServerLabel(c.base, server)
 	for _, a := range f.aliases {
 		a.slots[0] = c.pin(cacheKey{name: a.target, qtype: dns.TypeA})
@@ -240,9 +243,11 @@ func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns
 	c := &chain{ttl: math.MaxUint32}
 	name := strings.ToLower(q.Name)
 	end, ferr := follow(m, name, q.Qtype, c, map[string]bool{name: true}, f.maxDepth)
-	if ferr != nil || len(c.hops) == 0 || (m.Rcode != dns.RcodeSuccess && len(c.addrs) == 0) {
-		// Not a chain (or a broken one, or one that ends in NXDOMAIN in the zone): the zone's
-		// answer stands as it is.
+	if ferr != nil || len(c.hops) == 0 || (m.Rcode != dns.RcodeSuccess && len(c.addrs) == 0) || c.hops[0].rrtype == dns.TypeDNAME || synthesizedFromDNAME(m, name) {
+		// Not a chain (or a broken one, or one that ends in NXDOMAIN in the zone), or one that
+		// starts with a CNAME the zone made from a DNAME: the zone's answer stands as it is. A
+		// DNAME maps any name a client makes up to a new target; flattening it would let clients
+		// choose what the upstream is asked, one new question (and cache entry) per made-up name.
 		w.WriteMsg(m)
 		return dns.RcodeSuccess, nil
 	}
@@ -255,6 +260,17 @@ func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns
 		reply.Answer = renamed(c.addrs, q.Name, ttl)
 		w.WriteMsg(reply)
 		return dns.RcodeSuccess, nil
+	}
+	// The chain ends at a name flattened here: answer with what that name answers with. Asking
+	// upstream would ask the world for our own name (or ourselves, for a loop).
+	if a := f.aliases[end]; a != nil {
+		return f.flatten(ctx, w, r, a.target, a.slots[qtypeIndex(q.Qtype)], zone, c.ttl)
+	}
+	if f.zoneAliases != nil && plugin.Zones(f.Zones).Matches(end) != "" {
+		if za := f.zoneAliasFor(ctx, w, r, end); za.target != "" {
+			s := f.cache.slotFor(cacheKey{name: za.target, qtype: q.Qtype})
+			return f.flatten(ctx, w, r, za.target, s, zone, min(c.ttl, za.ttl))
+		}
 	}
 	if plugin.Zones(f.Zones).Matches(end) != "" || hasNegativeSOA(m, end) {
 		// The chain ends inside the zone, or the zone proved its end has no address of the type:
@@ -271,6 +287,17 @@ func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns
 	}
 	s := f.cache.slotFor(cacheKey{name: end, qtype: q.Qtype})
 	return f.flatten(ctx, w, r, end, s, zone, c.ttl)
+}
+
+// synthesizedFromDNAME reports whether the answer holds a DNAME above name: its CNAME for name was
+// synthesized (RFC 6672), not held by the zone.
+func synthesizedFromDNAME(m *dns.Msg, name string) bool {
+	for _, rr := range m.Answer {
+		if rr.Header().Rrtype == dns.TypeDNAME && dns.IsSubDomain(rr.Header().Name, name) {
+			return true
+		}
+	}
+	return false
 }
 
 // answer writes a flattened answer from e: the address RRset under the question name exactly

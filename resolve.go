@@ -71,6 +71,9 @@ func errNetwork(name string, err error) *resolveError {
 	return &resolveError{dns.ExtendedErrorCodeNetworkError, reasonNetwork, fmt.Sprintf("resolving %s: %v", name, err)}
 }
 
+// maxEDEText bounds the EXTRA-TEXT of the Extended DNS Errors we send, whatever an upstream said.
+const maxEDEText = 160
+
 // errRcode is an upstream's refusal or failure to answer (SERVFAIL, REFUSED, ...). When the
 // upstream said why with an Extended DNS Error, that reason is passed on to our client.
 func errRcode(name string, resp *dns.Msg) *resolveError {
@@ -82,6 +85,11 @@ func errRcode(name string, resp *dns.Msg) *resolveError {
 				e.ede = up.InfoCode
 				if up.ExtraText != "" {
 					e.text += ": " + up.ExtraText
+				}
+				// The text goes into our SERVFAIL, whose OPT record truncation never shortens:
+				// an upstream's long text must not make a small query's answer large.
+				if len(e.text) > maxEDEText {
+					e.text = e.text[:maxEDEText]
 				}
 				break
 			}
@@ -206,7 +214,7 @@ func follow(resp *dns.Msg, name string, qtype uint16, c *chain, visited map[stri
 		if len(addrs) > 0 {
 			c.addrs = dedup(addrs)
 			for _, rr := range c.addrs {
-				c.ttl = min(c.ttl, rr.Header().Ttl)
+				c.ttl = min(c.ttl, ttlOf(rr))
 			}
 			return cur, nil
 		}
@@ -215,8 +223,8 @@ func follow(resp *dns.Msg, name string, qtype uint16, c *chain, visited map[stri
 		switch {
 		case cname != nil:
 			next = strings.ToLower(dns.Fqdn(cname.Target))
-			c.hops = append(c.hops, hop{owner: cur, target: next, rrtype: dns.TypeCNAME, ttl: cname.Hdr.Ttl})
-			c.ttl = min(c.ttl, cname.Hdr.Ttl)
+			c.hops = append(c.hops, hop{owner: cur, target: next, rrtype: dns.TypeCNAME, ttl: ttlOf(cname)})
+			c.ttl = min(c.ttl, ttlOf(cname))
 		case dname != nil:
 			// RFC 6672 2.2: replace the DNAME owner suffix of cur with the DNAME target.
 			owner := strings.ToLower(dname.Hdr.Name)
@@ -224,8 +232,8 @@ func follow(resp *dns.Msg, name string, qtype uint16, c *chain, visited map[stri
 			if _, ok := dns.IsDomainName(next); !ok || len(next) > 255 {
 				return "", errMalformed(name, "DNAME substitution overflows at "+cur)
 			}
-			c.hops = append(c.hops, hop{owner: cur, target: next, rrtype: dns.TypeDNAME, ttl: dname.Hdr.Ttl})
-			c.ttl = min(c.ttl, dname.Hdr.Ttl)
+			c.hops = append(c.hops, hop{owner: cur, target: next, rrtype: dns.TypeDNAME, ttl: ttlOf(dname)})
+			c.ttl = min(c.ttl, ttlOf(dname))
 		default:
 			return cur, nil
 		}
@@ -241,13 +249,21 @@ func follow(resp *dns.Msg, name string, qtype uint16, c *chain, visited map[stri
 	}
 }
 
+// ttlOf is rr's TTL read as RFC 2181 8 says: a value with the top bit set counts as zero.
+func ttlOf(rr dns.RR) uint32 {
+	if ttl := rr.Header().Ttl; ttl <= math.MaxInt32 {
+		return ttl
+	}
+	return 0
+}
+
 // negativeTTL is how long a negative answer for name may be cached: the smaller of the SOA's
 // TTL and its MINIMUM field (RFC 2308 5). Without a SOA, RFC 2308 says not to cache; we return
 // 0 and the ttl floor applies.
 func negativeTTL(resp *dns.Msg, name string) uint32 {
 	for _, rr := range resp.Ns {
 		if soa, ok := rr.(*dns.SOA); ok && dns.IsSubDomain(soa.Hdr.Name, name) {
-			return min(soa.Hdr.Ttl, soa.Minttl)
+			return min(ttlOf(soa), soa.Minttl)
 		}
 	}
 	return 0
