@@ -181,7 +181,7 @@ func checkWalk(t *testing.T, resp *dns.Msg, target string, qtype uint16, maxDept
 		if h.Rrtype != qtype || h.Class != dns.ClassINET || !strings.EqualFold(h.Name, last) {
 			t.Fatalf("address record %q: want %s IN owned by the chain's last name %q", rr, dns.TypeToString[qtype], last)
 		}
-		if ch.ttl > h.Ttl {
+		if ch.ttl > ttlOf(rr) {
 			t.Errorf("chain TTL %d above the TTL of %q", ch.ttl, rr)
 		}
 		if !rrInAnswer(resp, rr) {
@@ -208,7 +208,7 @@ func rrInAnswer(resp *dns.Msg, rr dns.RR) bool {
 // substitution (RFC 6672 2.2).
 func hopInAnswer(resp *dns.Msg, h hop) bool {
 	for _, rr := range resp.Answer {
-		if rr.Header().Class != dns.ClassINET || rr.Header().Ttl != h.ttl {
+		if rr.Header().Class != dns.ClassINET || ttlOf(rr) != h.ttl {
 			continue
 		}
 		switch v := rr.(type) {
