@@ -520,8 +520,9 @@ func (c *cache) runDue() time.Duration {
 		}
 		s := c.schedule[0]
 		if s.due.After(now) {
+			wait := s.due.Sub(now) // s.due is guarded by schedMu
 			c.schedMu.Unlock()
-			return s.due.Sub(now)
+			return wait
 		}
 		heap.Pop(&c.schedule)
 		c.schedMu.Unlock()
