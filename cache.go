@@ -273,14 +273,7 @@ func (c *cache) startFlight(ctx context.Context, s *slot, nested bool) *flight {
 	if !nested {
 		return c.join(ctx, s)
 	}
-	fl := &flight{done: make(chan struct{})}
-	cacheMisses.WithLabelValues(c.server).Inc()
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		c.run(context.WithoutCancel(ctx), s, fl)
-	}()
-	return fl
+	return c.launch(ctx, s)
 }
 
 // usable reports whether e may still be served, fresh or stale.
@@ -304,8 +297,13 @@ func (c *cache) join(ctx context.Context, s *slot) *flight {
 	if s.flight != nil {
 		return s.flight
 	}
+	s.flight = c.launch(ctx, s)
+	return s.flight
+}
+
+// launch starts a resolution of s in the background and returns its flight.
+func (c *cache) launch(ctx context.Context, s *slot) *flight {
 	fl := &flight{done: make(chan struct{})}
-	s.flight = fl
 	cacheMisses.WithLabelValues(c.server).Inc()
 	c.wg.Add(1)
 	go func() {
