@@ -90,8 +90,8 @@ func newZoneAliases(capacity int) *zoneAliases {
 	return &zoneAliases{names: map[string]*zoneAlias{}, refresh: zoneAliasRefresh, capacity: capacity}
 }
 
-// lookup returns the ALIAS target of name (lowercased), asking the plugins below only when what
-// it remembers is older than the refresh interval.
+// zoneAliasFor returns what name (lowercased) holds: its ALIAS target, if any. It asks the plugins
+// below only when what it remembers is older than the refresh interval.
 func (f *Flatten) zoneAliasFor(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, name string) *zoneAlias {
 	za := f.zoneAliases
 	now := f.cache.now()
