@@ -474,7 +474,7 @@ func TestCacheHammer(t *testing.T) {
 				t.Errorf("%d slots, capacity %d + %d pinned", n, c.capacity, pinned)
 			}
 			c.ready()
-			c.wakeUnresolved()
+			c.wake()
 			time.Sleep(time.Millisecond)
 		}
 	}()

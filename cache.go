@@ -7,8 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/coredns/coredns/core/dnsserver"
-
 	"github.com/miekg/dns"
 )
 
@@ -115,8 +113,12 @@ type cache struct {
 	base   context.Context // cancelled on stop: ends every background resolution
 	cancel context.CancelFunc
 	kick   chan struct{}
-	wg     sync.WaitGroup
 	sem    chan struct{}
+
+	// life orders spawn against stop: no goroutine is added to wg once stop has begun waiting
+	// (a query can arrive while a reload shuts this instance down).
+	life sync.Mutex
+	wg   sync.WaitGroup
 
 	started atomic.Bool
 	stopped atomic.Bool
@@ -244,36 +246,25 @@ func (c *cache) get(ctx context.Context, s *slot, nested bool) (*entry, source, 
 		return c.staleOr(e, now, f.err)
 	}
 
-	fl := c.startFlight(ctx, s, nested)
+	var fl *flight
+	if nested {
+		fl = c.launch(ctx, s)
+	} else {
+		fl = c.join(ctx, s)
+	}
 	t := time.NewTimer(c.timeout)
 	defer t.Stop()
-	for {
-		select {
-		case <-fl.done:
-			if fl.err == nil {
-				return fl.entry, srcResolved, nil
-			}
-			if fl.err == errNoServer && ctx.Value(dnsserver.Key{}) != nil {
-				// We joined a background flight made before any query had brought the server
-				// to resolve through. This query brings it: resolve again with it.
-				fl = c.startFlight(ctx, s, nested)
-				continue
-			}
-			return c.staleOr(e, c.now(), fl.err)
-		case <-t.C:
-			return c.staleOr(e, c.now(), errTimeout(s.key.name))
-		case <-ctx.Done():
-			return c.staleOr(e, c.now(), errTimeout(s.key.name))
+	select {
+	case <-fl.done:
+		if fl.err == nil {
+			return fl.entry, srcResolved, nil
 		}
+		return c.staleOr(e, c.now(), fl.err)
+	case <-t.C:
+		return c.staleOr(e, c.now(), errTimeout(s.key.name))
+	case <-ctx.Done():
+		return c.staleOr(e, c.now(), errTimeout(s.key.name))
 	}
-}
-
-// startFlight joins the flight of s, or for a nested lookup starts one of its own (see get).
-func (c *cache) startFlight(ctx context.Context, s *slot, nested bool) *flight {
-	if !nested {
-		return c.join(ctx, s)
-	}
-	return c.launch(ctx, s)
 }
 
 // usable reports whether e may still be served, fresh or stale.
@@ -301,16 +292,39 @@ func (c *cache) join(ctx context.Context, s *slot) *flight {
 	return s.flight
 }
 
-// launch starts a resolution of s in the background and returns its flight.
+// launch starts a resolution of s in the background and returns its flight. Once the cache is
+// stopping, the flight fails at once.
 func (c *cache) launch(ctx context.Context, s *slot) *flight {
 	fl := &flight{done: make(chan struct{})}
 	cacheMisses.WithLabelValues(c.server).Inc()
+	if !c.spawn(func() { c.run(context.WithoutCancel(ctx), s, fl) }) {
+		fl.err = errStopped
+		s.mu.Lock()
+		if s.flight == fl {
+			s.flight = nil
+		}
+		s.mu.Unlock()
+		close(fl.done)
+	}
+	return fl
+}
+
+// errStopped is the failure of a resolution asked for while the instance shuts down.
+var errStopped = &resolveError{dns.ExtendedErrorCodeNotReady, "stopped", "shutting down"}
+
+// spawn runs fn in a goroutine that stop waits for, unless the cache is stopping.
+func (c *cache) spawn(fn func()) bool {
+	c.life.Lock()
+	defer c.life.Unlock()
+	if c.stopped.Load() {
+		return false
+	}
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		c.run(context.WithoutCancel(ctx), s, fl)
+		fn()
 	}()
-	return fl
+	return true
 }
 
 // refreshAsync starts a background resolution of s unless one is in progress.
@@ -341,11 +355,7 @@ func (c *cache) run(ctx context.Context, s *slot, fl *flight) {
 	now := c.now()
 	if err != nil {
 		re := asResolveError(s.key.name, err)
-		// Having no server to resolve through yet is not the upstream's failure: the next
-		// query brings one, so it must not be turned away for failureTTL.
-		if re != errNoServer {
-			s.fail.Store(&failure{err: re, at: now, until: now.Add(failureTTL)})
-		}
+		s.fail.Store(&failure{err: re, at: now, until: now.Add(failureTTL)})
 		fl.err = re
 	} else {
 		fl.entry = c.newEntry(ch, now)
@@ -388,7 +398,8 @@ var live = struct {
 	caches map[string]*cache
 }{caches: map[string]*cache{}}
 
-// adopt copies the entries of the cache c replaces, if any, and registers c in its place.
+// adopt copies the entries of the cache c replaces, if any, and registers c in its place. It runs
+// at OnStartup, while the instance being replaced is still registered.
 func (c *cache) adopt() {
 	live.Lock()
 	old := live.caches[c.identity]
@@ -416,12 +427,11 @@ func (c *cache) adopt() {
 	}
 }
 
-// start begins the startup round and the background refresh of pinned slots.
+// start begins the startup round and the background refresh of pinned slots, once.
 func (c *cache) start() {
-	if c.started.Swap(true) {
+	if c.stopped.Load() || c.started.Swap(true) {
 		return
 	}
-	c.adopt()
 	now := c.now()
 	c.schedMu.Lock()
 	c.mu.RLock()
@@ -435,13 +445,15 @@ func (c *cache) start() {
 	cacheEntries.WithLabelValues(c.server).Set(float64(len(c.slots)))
 	c.mu.RUnlock()
 	c.schedMu.Unlock()
-	c.wg.Add(1)
-	go c.refresher()
+	c.spawn(c.refresher)
 }
 
 // stop ends all background work and waits for it. Resolutions in flight are cancelled.
 func (c *cache) stop() {
-	if c.stopped.Swap(true) {
+	c.life.Lock()
+	already := c.stopped.Swap(true)
+	c.life.Unlock()
+	if already {
 		return
 	}
 	live.Lock()
@@ -469,23 +481,7 @@ func (c *cache) wake() {
 	}
 }
 
-// wakeUnresolved makes every pinned slot that has no answer yet due now, and wakes the refresher.
-func (c *cache) wakeUnresolved() {
-	now := c.now()
-	c.schedMu.Lock()
-	for _, s := range c.schedule {
-		if s.good.Load() == nil {
-			s.due = now
-			s.backoff = 0
-		}
-	}
-	heap.Init(&c.schedule)
-	c.schedMu.Unlock()
-	c.wake()
-}
-
 func (c *cache) refresher() {
-	defer c.wg.Done()
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
 	for {
@@ -530,12 +526,13 @@ func (c *cache) runDue() time.Duration {
 		case <-c.base.Done():
 			return time.Hour
 		}
-		c.wg.Add(1)
-		go func() {
-			defer c.wg.Done()
+		if !c.spawn(func() {
 			defer func() { <-c.sem }()
 			c.refreshPinned(s)
-		}()
+		}) {
+			<-c.sem
+			return time.Hour
+		}
 	}
 }
 

@@ -113,12 +113,17 @@ func (f *Flatten) initCache(resolve resolveFunc, server string) {
 	f.cache = c
 }
 
-// OnStartup starts the upstream transports and the background resolution of every alias.
+// OnStartup takes over the cache of the instance a reload replaces, and starts the upstream
+// transports and the background resolution of every alias. Resolving through this server, the
+// background work starts with the first query instead: only a query brings the server.
 func (f *Flatten) OnStartup() error {
+	f.cache.adopt()
 	if f.proxies != nil {
 		f.proxies.start()
 	}
-	f.cache.start()
+	if f.self == nil {
+		f.cache.start()
+	}
 	return nil
 }
 
@@ -150,7 +155,7 @@ func (f *Flatten) Name() string { return "flatten" }
 func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
 	if f.self != nil && f.self.server.Load() == nil && f.self.observe(ctx) {
 		// The server to resolve through is known at last: warm the aliases now.
-		f.cache.wakeUnresolved()
+		f.cache.start()
 	}
 
 	if !isAddressQuery(r) {
