@@ -298,12 +298,9 @@ func (c *cache) launch(ctx context.Context, s *slot) *flight {
 	fl := &flight{done: make(chan struct{})}
 	cacheMisses.WithLabelValues(c.server).Inc()
 	if !c.spawn(func() { c.run(context.WithoutCancel(ctx), s, fl) }) {
+		// Stopping: fail at once. (join holds s.mu here; the failed flight may stay on the
+		// slot, which this instance no longer resolves anyway.)
 		fl.err = errStopped
-		s.mu.Lock()
-		if s.flight == fl {
-			s.flight = nil
-		}
-		s.mu.Unlock()
 		close(fl.done)
 	}
 	return fl
