@@ -210,7 +210,7 @@ func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg,
 		return f.servfail(w, r, errLoop(target))
 	}
 
-	e, src, rerr := f.cache.get(ctx, s, p != nil)
+	e, src, rerr := f.lookup(ctx, w, r, s, p != nil)
 	switch src {
 	case srcFresh:
 		cacheHits.WithLabelValues(server).Inc()
@@ -292,6 +292,12 @@ func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns
 	}
 	s := f.cache.slotFor(cacheKey{name: end, qtype: q.Qtype})
 	return f.flatten(ctx, w, r, end, s, zone, c.ttl)
+}
+
+// lookup returns what to answer r with from s, the slot of one target and address type, and
+// where it comes from (cache.get's ladder).
+func (f *Flatten) lookup(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, s *slot, nested bool) (*entry, source, *resolveError) {
+	return f.cache.get(ctx, s, nested)
 }
 
 // synthesizedFromDNAME reports whether the answer holds a DNAME above name: its CNAME for name was
