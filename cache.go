@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/time/rate"
 )
 
 // cacheKey names one resolved chain.
@@ -101,6 +102,10 @@ type cache struct {
 	capacity int           // most slots made on demand
 	server   string        // metrics label for work done outside any query
 	identity string        // the listener and zones: what a reloaded instance takes over from
+	// limiter paces the upstream queries of background resolution (`refresh_rate`), so that
+	// warming 100,000 aliases at startup does not flood the resolver. Queries a client waits
+	// for are not paced: they are bounded by coalescing and by the cache's capacity.
+	limiter *rate.Limiter
 
 	mu     sync.RWMutex
 	slots  map[cacheKey]*slot
@@ -126,7 +131,7 @@ type cache struct {
 
 func newCache(resolve resolveFunc) *cache {
 	base, cancel := context.WithCancel(context.Background())
-	return &cache{
+	c := &cache{
 		resolve:  resolve,
 		now:      time.Now,
 		ttlMin:   defaultTTLMin,
@@ -141,6 +146,15 @@ func newCache(resolve resolveFunc) *cache {
 		kick:     make(chan struct{}, 1),
 		sem:      make(chan struct{}, refreshWorkers),
 	}
+	c.setRefreshRate(defaultRefreshRate)
+	return c
+}
+
+// setRefreshRate sets the pace of background upstream queries, qps per second with no burst:
+// the rate is never exceeded in any one-second window (beyond the first query).
+func (c *cache) setRefreshRate(qps int) {
+	c.limiter = rate.NewLimiter(rate.Limit(qps), 1)
+	c.base = withLimiter(c.base, c.limiter)
 }
 
 // pin returns the pinned slot for k, making it if needed. Called at setup, before start.
@@ -541,8 +555,13 @@ func (c *cache) refreshPinned(s *slot) {
 		// A query resolved it since it was scheduled (at startup, typically): not due yet.
 		fl = &flight{entry: e}
 	} else {
+		// The resolution's first query waits for its turn here, outside the resolution's
+		// timeout; further hops of a chain wait in the walker (paced).
+		if c.limiter.Wait(c.base) != nil {
+			return // stopping
+		}
 		refreshes.WithLabelValues(c.server).Inc()
-		fl = c.join(c.base, s)
+		fl = c.join(withPrepaid(c.base), s)
 		select {
 		case <-fl.done:
 		case <-c.base.Done():
@@ -603,4 +622,27 @@ func qtypeIndex(qtype uint16) int {
 		return 1
 	}
 	return 0
+}
+
+// Background resolutions carry the cache's limiter in their context; the walker waits on it
+// before each upstream question but the first, which refreshPinned has already waited for.
+type limiterKey struct{}
+type prepaidKey struct{}
+
+func withLimiter(ctx context.Context, l *rate.Limiter) context.Context {
+	return context.WithValue(ctx, limiterKey{}, l)
+}
+
+func withPrepaid(ctx context.Context) context.Context {
+	return context.WithValue(ctx, prepaidKey{}, true)
+}
+
+// pace waits before the hop-th upstream question of a resolution (0 is the first) when the
+// resolution is paced. It fails when the wait would outlast the context.
+func pace(ctx context.Context, hop int) error {
+	l, _ := ctx.Value(limiterKey{}).(*rate.Limiter)
+	if l == nil || (hop == 0 && ctx.Value(prepaidKey{}) != nil) {
+		return nil
+	}
+	return l.Wait(ctx)
 }

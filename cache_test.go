@@ -413,3 +413,62 @@ func TestCachePinnedBackoffOnFailure(t *testing.T) {
 		}
 	}
 }
+
+// TestRefreshRatePacesBackgroundQueries: with `refresh_rate`, the startup round of many aliases
+// never sends more upstream questions in any one second than the rate allows, the further hops of
+// a chain included; and every alias still gets resolved. Without pacing, the 80 questions arrive
+// in one burst.
+func TestRefreshRatePacesBackgroundQueries(t *testing.T) {
+	const aliases, rate = 20, 40
+	u := newFakeUpstream(t, "srv.agency.test. 300 IN A 192.0.2.10", "srv.agency.test. 300 IN AAAA 2001:db8::10")
+	var mu sync.Mutex
+	var arrivals []time.Time
+	record := func(w dns.ResponseWriter, r *dns.Msg) {
+		mu.Lock()
+		arrivals = append(arrivals, time.Now())
+		mu.Unlock()
+		w.WriteMsg(u.answer(r))
+	}
+	lines := []string{"upstream " + u.Addr, fmt.Sprintf("refresh_rate %d", rate)}
+	u.handle("srv.agency.test.", record)
+	for i := range aliases {
+		target := fmt.Sprintf("t%d.agency.test.", i)
+		// An authoritative upstream: each alias takes two questions per type (t -> srv, srv).
+		u.add(t, target+" 300 IN CNAME srv.agency.test.")
+		u.handle(target, record)
+		lines = append(lines, fmt.Sprintf("alias a%d %s", i, target))
+	}
+	srv, _ := startCoreDNS(t, flattenCorefile(exampleZone(t), lines...))
+
+	const want = aliases * 2 * 2
+	deadline := time.Now().Add(4 * want * time.Second / rate)
+	for {
+		mu.Lock()
+		n := len(arrivals)
+		mu.Unlock()
+		if n >= want {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d upstream questions of the startup round arrived", n, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// The most questions in any window of one second: at most the rate, plus the one a
+	// token bucket of size 1 lets through at the window's start.
+	most := 0
+	for i := range arrivals {
+		n := 0
+		for j := i; j < len(arrivals) && arrivals[j].Sub(arrivals[i]) < time.Second; j++ {
+			n++
+		}
+		most = max(most, n)
+	}
+	if most > rate+1 {
+		t.Errorf("%d upstream questions in one second, want at most %d (refresh_rate %d)", most, rate+1, rate)
+	}
+	// The paced round resolved everything.
+	checkAddrs(t, query(t, srv, "udp", fmt.Sprintf("a%d.example.org.", aliases-1), dns.TypeA, 0), fmt.Sprintf("a%d.example.org.", aliases-1), "192.0.2.10")
+}

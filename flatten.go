@@ -28,6 +28,11 @@ const (
 	defaultCapacity   = 10000
 	defaultPrefetch   = 0.10
 	defaultServeStale = time.Hour
+	// defaultRefreshRate bounds the upstream queries of background resolution: well under the
+	// per-client limits of public resolvers (Google Public DNS allows 1500 QPS per address), and
+	// far above what a few hundred aliases ever need.
+	defaultRefreshRate = 1000
+	maxRefreshRate     = 1_000_000
 )
 
 // Flatten is the plugin handler.
@@ -44,6 +49,9 @@ type Flatten struct {
 	capacity   int
 	prefetch   float64
 	serveStale time.Duration
+	// refreshRate is the most upstream queries per second made by background resolution: the
+	// startup round and the scheduled refresh of configured aliases.
+	refreshRate int
 
 	zoneAliasOn bool         // `zone_alias`
 	zoneAliases *zoneAliases // with zone_alias: the names known to hold ALIAS records
@@ -65,14 +73,15 @@ type alias struct {
 // New returns a Flatten with the default settings and no aliases.
 func New() *Flatten {
 	return &Flatten{
-		aliases:    make(map[string]*alias),
-		maxDepth:   defaultMaxDepth,
-		timeout:    defaultTimeout,
-		ttlMin:     defaultTTLMin,
-		ttlMax:     defaultTTLMax,
-		capacity:   defaultCapacity,
-		prefetch:   defaultPrefetch,
-		serveStale: defaultServeStale,
+		aliases:     make(map[string]*alias),
+		maxDepth:    defaultMaxDepth,
+		timeout:     defaultTimeout,
+		ttlMin:      defaultTTLMin,
+		ttlMax:      defaultTTLMax,
+		capacity:    defaultCapacity,
+		prefetch:    defaultPrefetch,
+		serveStale:  defaultServeStale,
+		refreshRate: defaultRefreshRate,
 	}
 }
 
@@ -102,6 +111,7 @@ func (f *Flatten) initCache(resolve resolveFunc, server string) {
 	c.ttlMin, c.ttlMax = f.ttlMin, f.ttlMax
 	c.prefetch, c.stale = f.prefetch, f.serveStale
 	c.timeout, c.capacity, c.server = f.timeout, f.capacity, server
+	c.setRefreshRate(f.refreshRate)
 	// A reloaded instance takes over the entries of the one it replaces: same listener, same
 	// zones, same upstreams (answers resolved elsewhere are not kept).
 	c.identity = server + " " + strings.Join(f.Zones, ",") + " " + strings.Join(f.upstreams, ",")

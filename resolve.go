@@ -143,8 +143,11 @@ func (w *walker) resolve(ctx context.Context, target string, qtype uint16) (*cha
 	c := &chain{ttl: math.MaxUint32}
 	visited := map[string]bool{target: true}
 	name := target
-	for {
+	for hop := 0; ; hop++ {
 		if err := ctx.Err(); err != nil {
+			return nil, errTimeout(name)
+		}
+		if err := pace(ctx, hop); err != nil {
 			return nil, errTimeout(name)
 		}
 		resp, err := w.ex.exchange(ctx, name, qtype)

@@ -92,6 +92,8 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 				err = f.parsePrefetch(c)
 			case "serve_stale":
 				err = f.parseServeStale(c)
+			case "refresh_rate":
+				err = f.parseRefreshRate(c)
 			case "zone_alias":
 				_, err = args(c, 0)
 				f.zoneAliasOn = true
@@ -368,5 +370,18 @@ func (f *Flatten) parseServeStale(c *caddy.Controller) error {
 		return c.Errf("serve_stale '%s' must not be negative", a[0])
 	}
 	f.serveStale = d
+	return nil
+}
+
+func (f *Flatten) parseRefreshRate(c *caddy.Controller) error {
+	a, err := args(c, 1)
+	if err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(a[0])
+	if err != nil || n < 1 || n > maxRefreshRate {
+		return c.Errf("refresh_rate '%s' must be a whole number of queries per second from 1 to %d", a[0], maxRefreshRate)
+	}
+	f.refreshRate = n
 	return nil
 }

@@ -71,6 +71,7 @@ type settings struct {
 	capacity   int
 	prefetch   float64
 	serveStale time.Duration
+	refresh    int
 }
 
 func settingsOf(f *Flatten) settings {
@@ -82,6 +83,7 @@ func settingsOf(f *Flatten) settings {
 		capacity:   f.capacity,
 		prefetch:   f.prefetch,
 		serveStale: f.serveStale,
+		refresh:    f.refreshRate,
 	}
 }
 
@@ -95,6 +97,7 @@ var defaultSettings = settings{
 	capacity:   10000,
 	prefetch:   0.10,
 	serveStale: time.Hour,
+	refresh:    1000,
 }
 
 // with returns the defaultSettings changed by fn.
@@ -684,7 +687,7 @@ func TestParseOptions(t *testing.T) {
 			prefetch 20%
 		}`, false, "", 0, settings{
 			maxDepth: 4, timeout: 3 * time.Second, ttlMin: 60, ttlMax: 600,
-			capacity: 500, prefetch: 0.20, serveStale: 24 * time.Hour,
+			capacity: 500, prefetch: 0.20, serveStale: 24 * time.Hour, refresh: 1000,
 		}},
 
 		// max_depth. Rows with extra arguments check the message without the option's name
@@ -894,6 +897,33 @@ func TestParseOptions(t *testing.T) {
 			alias @ target.example.net.
 			serve_stale 10
 		}`, true, "serve_stale '10' is not a duration", 3, defaultSettings},
+
+		// refresh_rate
+		// 55
+		{`flatten {
+			alias @ target.example.net.
+			refresh_rate 50
+		}`, false, "", 0, settingsWith(func(s *settings) { s.refresh = 50 })},
+		// 56
+		{`flatten {
+			alias @ target.example.net.
+			refresh_rate 0
+		}`, true, "refresh_rate '0' must be a whole number of queries per second from 1 to 1000000", 3, defaultSettings},
+		// 57
+		{`flatten {
+			alias @ target.example.net.
+			refresh_rate fast
+		}`, true, "refresh_rate 'fast' must be a whole number", 3, defaultSettings},
+		// 58
+		{`flatten {
+			alias @ target.example.net.
+			refresh_rate
+		}`, true, "'refresh_rate' takes 1 argument(s), got 0", 3, defaultSettings},
+		// 59
+		{`flatten {
+			alias @ target.example.net.
+			refresh_rate 1000001
+		}`, true, "refresh_rate '1000001' must be a whole number", 3, defaultSettings},
 	}
 
 	for i, tc := range tests {
