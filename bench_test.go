@@ -104,7 +104,7 @@ func BenchmarkCachePluginHit(b *testing.B) {
 func BenchmarkFlattenMiss(b *testing.B) {
 	f := newLadderFlatten(benchUpstream(), newFakeClock(), false)
 	f.Next = benchFile(b)
-	s := f.aliases["example.org."].slots[0]
+	s := f.aliases["example.org."].slots[0][0]
 	ctx := context.Background()
 	w := &packWriter{}
 	q := benchQuery()

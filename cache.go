@@ -72,6 +72,19 @@ const (
 	srcNone // nothing to serve: the caller falls back to zone data, then SERVFAIL
 )
 
+// String is the source's name in explain answers and in flatten/source metadata.
+func (s source) String() string {
+	switch s {
+	case srcFresh:
+		return "fresh"
+	case srcResolved:
+		return "resolved"
+	case srcStale:
+		return "stale"
+	}
+	return "none"
+}
+
 const (
 	// failureTTL is how long a failure is remembered (RFC 9520 3.2: at least 1 s, at most
 	// 5 minutes). Short, so that a recovered upstream is used again quickly.
@@ -582,6 +595,12 @@ func (c *cache) refreshPinned(s *slot) {
 	} else {
 		s.backoff = min(max(2*s.backoff, minRefresh), maxBackoff)
 		s.due = now.Add(s.backoff)
+		// The refresher retries at s.due: until then the failure stands for clients too, so that
+		// none of them waits on an upstream known to fail (and an alias's next target answers
+		// at once). RFC 9520 3.2 allows up to 5 minutes; the backoff stays under one.
+		if f := s.fail.Load(); f != nil && f.until.Before(s.due) {
+			s.fail.CompareAndSwap(f, &failure{err: f.err, at: f.at, until: s.due})
+		}
 	}
 	heap.Push(&c.schedule, s)
 }

@@ -109,7 +109,7 @@ func (rig *faultRig) slot(t *testing.T, name string, qtype uint16) *slot {
 	if a == nil {
 		t.Fatalf("no alias %q", name)
 	}
-	return a.slots[qtypeIndex(qtype)]
+	return a.slots[qtypeIndex(qtype)][0]
 }
 
 // forgedInCache fails the test if any entry of the cache, for any key, holds a forged address.

@@ -7,6 +7,7 @@ import (
 	"context"
 	"math"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/coredns/coredns/plugin"
@@ -57,17 +58,23 @@ type Flatten struct {
 	zoneAliases *zoneAliases // with zone_alias: the names known to hold ALIAS records
 	cnames      *cnameNames  // `cname NAMES...`
 
+	// keepHealthy drops the addresses health checks found down; nil without `health_check`.
+	keepHealthy func([]dns.RR) []dns.RR
+	// metadataOn is set once the *metadata* plugin has asked for our values (metadata.go).
+	metadataOn atomic.Bool
+
 	cache   *cache
 	self    *selfExchanger  // set when resolving through this server
 	proxies *proxyExchanger // set when resolving through upstream addresses
 }
 
-// alias is one configured `alias NAME TARGET`.
+// alias is one configured `alias NAME TARGET...`.
 type alias struct {
-	name   string // lowercased FQDN
-	zone   string // the zone of ZONES that holds name
-	target string // lowercased FQDN
-	slots  [2]*slot
+	name    string   // lowercased FQDN
+	zone    string   // the zone of ZONES that holds name
+	targets []string // lowercased FQDNs, in order of preference
+	// slots holds, per address type (qtypeIndex), the slot of each target, in targets' order.
+	slots [2][]*slot
 }
 
 // New returns a Flatten with the default settings and no aliases.
@@ -117,8 +124,13 @@ func (f *Flatten) initCache(resolve resolveFunc, server string) {
 	c.identity = server + " " + strings.Join(f.Zones, ",") + " " + strings.Join(f.upstreams, ",")
 	c.base = withServerLabel(c.base, server)
 	for _, a := range f.aliases {
-		a.slots[0] = c.pin(cacheKey{name: a.target, qtype: dns.TypeA})
-		a.slots[1] = c.pin(cacheKey{name: a.target, qtype: dns.TypeAAAA})
+		// Every target is pinned, so a failover finds the next target already resolved, and a
+		// recovered primary is seen at its next refresh.
+		a.slots = [2][]*slot{make([]*slot, len(a.targets)), make([]*slot, len(a.targets))}
+		for i, t := range a.targets {
+			a.slots[0][i] = c.pin(cacheKey{name: t, qtype: dns.TypeA})
+			a.slots[1][i] = c.pin(cacheKey{name: t, qtype: dns.TypeAAAA})
+		}
 	}
 	f.cache = c
 }
@@ -177,7 +189,7 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 
 	// A configured alias: answered from memory, without looking at the zone.
 	if a := f.aliases[name]; a != nil {
-		return f.flatten(ctx, w, r, a.target, a.slots[qtypeIndex(qtype)], a.zone, math.MaxUint32)
+		return f.flatten(ctx, w, r, a.zone, math.MaxUint32, a.targets, a.slots[qtypeIndex(qtype)])
 	}
 	zone := plugin.Zones(f.Zones).Matches(name)
 	if zone == "" {
@@ -187,7 +199,7 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	if f.zoneAliases != nil {
 		if za := f.zoneAliasFor(ctx, w, r, name); za.target != "" {
 			s := f.cache.slotFor(cacheKey{name: za.target, qtype: qtype})
-			return f.flatten(ctx, w, r, za.target, s, zone, za.ttl)
+			return f.flatten(ctx, w, r, zone, za.ttl, []string{za.target}, []*slot{s})
 		}
 	}
 	if f.cnames.match(name) {
@@ -206,36 +218,58 @@ func isAddressQuery(r *dns.Msg) bool {
 	return q.Qclass == dns.ClassINET && (q.Qtype == dns.TypeA || q.Qtype == dns.TypeAAAA)
 }
 
-// flatten answers r with the addresses target resolves to, from slot s: the failure ladder.
+// flatten answers r with the addresses of the first target, in order, that has usable ones:
+// slots[i] is the slot of targets[i] for the query's type. A target is passed over when it fails,
+// has no address of the type, or (with health checks) no healthy address; each target's answer
+// comes from its own slot, so passing over one costs no upstream wait once its failure is known.
+// Then the failure ladder: a stale answer, the zone's own records, SERVFAIL that says why.
 // ttlCap bounds the answer's TTL: an ALIAS record's TTL, or the TTLs of the part of a CNAME chain
 // that is in the zone.
-func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, target string, s *slot, zone string, ttlCap uint32) (int, error) {
+func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, zone string, ttlCap uint32, targets []string, slots []*slot) (int, error) {
 	server := metrics.WithServer(ctx)
 	requests.WithLabelValues(server).Inc()
 
-	// A lookup through this server that comes back to a target that is already being resolved
-	// further up is a loop (a flattened name whose chain leads back to itself).
 	p := pathFrom(ctx)
-	if p.contains(target) || p.len() > f.maxDepth {
-		return f.servfail(w, r, errLoop(target))
+	var pk picker
+	for i, target := range targets {
+		// A lookup through this server that comes back to a target that is already being
+		// resolved further up is a loop (a flattened name whose chain leads back to itself).
+		if p.contains(target) || p.len() > f.maxDepth {
+			pk.fail(errLoop(target))
+			continue
+		}
+		if i == 1 {
+			// The first target had no usable answer: the rest share one timeout, so that a
+			// client waits at most twice the timeout however many targets there are.
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, f.timeout)
+			defer cancel()
+		}
+		e, src, rerr := f.lookup(ctx, w, r, slots[i], p != nil)
+		if pk.add(i, e, src, rerr, f.keepHealthy) {
+			break
+		}
 	}
 
-	e, src, rerr := f.lookup(ctx, w, r, s, p != nil)
-	switch src {
-	case srcFresh:
-		cacheHits.WithLabelValues(server).Inc()
-		return f.answer(ctx, w, r, zone, e, src, ttlCap)
-	case srcResolved:
-		return f.answer(ctx, w, r, zone, e, src, ttlCap)
-	case srcStale:
-		staleAnswers.WithLabelValues(server).Inc()
-		return f.answer(ctx, w, r, zone, e, src, ttlCap)
+	if c := pk.best(); c.e != nil {
+		switch c.src {
+		case srcFresh:
+			cacheHits.WithLabelValues(server).Inc()
+		case srcStale:
+			staleAnswers.WithLabelValues(server).Inc()
+		}
+		if c.i > 0 {
+			failoverAnswers.WithLabelValues(server).Inc()
+		}
+		f.noteAnswer(ctx, targets[c.i], c.src.String(), c.e.chain)
+		return f.answer(ctx, w, r, zone, c.entry(), c.src, ttlCap)
 	}
 
 	// Nothing to serve from the cache: the zone's own records at the name (the ANAME draft's
 	// sibling addresses), else SERVFAIL that says why.
 	if rrs := f.zoneAddrs(ctx, w, r); len(rrs) > 0 {
 		fallbackAnswers.WithLabelValues(server).Inc()
+		f.noteAnswer(ctx, "", "fallback", nil)
 		m := new(dns.Msg)
 		m.SetReply(r)
 		m.Authoritative = true
@@ -243,7 +277,8 @@ func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg,
 		w.WriteMsg(m)
 		return dns.RcodeSuccess, nil
 	}
-	return f.servfail(w, r, rerr)
+	f.noteAnswer(ctx, "", "servfail", nil)
+	return f.servfail(w, r, pk.err)
 }
 
 // flattenCNAME answers r from what the plugins below answer: unchanged unless it is a CNAME
@@ -279,12 +314,12 @@ func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns
 	// The chain ends at a name flattened here: answer with what that name answers with. Asking
 	// upstream would ask the world for our own name (or ourselves, for a loop).
 	if a := f.aliases[end]; a != nil {
-		return f.flatten(ctx, w, r, a.target, a.slots[qtypeIndex(q.Qtype)], zone, c.ttl)
+		return f.flatten(ctx, w, r, zone, c.ttl, a.targets, a.slots[qtypeIndex(q.Qtype)])
 	}
 	if f.zoneAliases != nil && plugin.Zones(f.Zones).Matches(end) != "" {
 		if za := f.zoneAliasFor(ctx, w, r, end); za.target != "" {
 			s := f.cache.slotFor(cacheKey{name: za.target, qtype: q.Qtype})
-			return f.flatten(ctx, w, r, za.target, s, zone, min(c.ttl, za.ttl))
+			return f.flatten(ctx, w, r, zone, min(c.ttl, za.ttl), []string{za.target}, []*slot{s})
 		}
 	}
 	if plugin.Zones(f.Zones).Matches(end) != "" || hasNegativeSOA(m, end) {
@@ -301,7 +336,7 @@ func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns
 		return dns.RcodeSuccess, nil
 	}
 	s := f.cache.slotFor(cacheKey{name: end, qtype: q.Qtype})
-	return f.flatten(ctx, w, r, end, s, zone, c.ttl)
+	return f.flatten(ctx, w, r, zone, c.ttl, []string{end}, []*slot{s})
 }
 
 // lookup returns what to answer r with from s, the slot of one target and address type, and

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -536,14 +537,16 @@ func checkParsed(t *testing.T, fl *Flatten) {
 		}
 	}
 	for k, a := range fl.aliases {
-		if k != a.name || a.name != strings.ToLower(a.name) || a.target != strings.ToLower(a.target) {
-			t.Errorf("alias %q: name %q target %q, want lowercased and keyed by name", k, a.name, a.target)
+		if k != a.name || a.name != strings.ToLower(a.name) || len(a.targets) == 0 {
+			t.Errorf("alias %q: name %q targets %q, want lowercased, keyed by name, with a target", k, a.name, a.targets)
 		}
-		if !hostname(a.name) || !hostname(a.target) {
-			t.Errorf("alias %q -> %q: not host names", a.name, a.target)
+		for i, tg := range a.targets {
+			if tg != strings.ToLower(tg) || !hostname(tg) || tg == a.name || slices.Index(a.targets, tg) != i {
+				t.Errorf("alias %q -> %q: want distinct lowercased host names other than the alias", a.name, a.targets)
+			}
 		}
-		if a.name == a.target {
-			t.Errorf("alias %q points at itself", a.name)
+		if !hostname(a.name) {
+			t.Errorf("alias %q: not a host name", a.name)
 		}
 		if z := plugin.Zones(fl.Zones).Matches(a.name); z == "" || z != a.zone {
 			t.Errorf("alias %q: zone %q, want %q of %v", a.name, a.zone, z, fl.Zones)

@@ -54,6 +54,14 @@ var (
 		Help:      "Counter of answers served from the zone's own address records because the target could not be resolved.",
 	}, []string{"server"})
 
+	// failoverAnswers counts answers from a target other than an alias's first.
+	failoverAnswers = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "flatten",
+		Name:      "failover_answers_total",
+		Help:      "Counter of answers from a target other than the first, because the ones before it failed, had no address of the type or no healthy address.",
+	}, []string{"server"})
+
 	// upstreamQueries counts questions sent upstream (every hop, every retry).
 	upstreamQueries = promauto.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,

@@ -2,6 +2,7 @@ package flatten
 
 import (
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -123,29 +124,37 @@ func args(c *caddy.Controller, n int) ([]string, error) {
 	return a, nil
 }
 
+// parseAlias reads `alias NAME TARGET [TARGET...]`: the targets are tried in order (failover).
 func (f *Flatten) parseAlias(c *caddy.Controller) error {
-	a, err := args(c, 2)
-	if err != nil {
-		return err
+	a := c.RemainingArgs()
+	if len(a) < 2 {
+		return c.Errf("'alias' takes a NAME and at least 1 TARGET, got %d argument(s): %v", len(a), a)
 	}
 	name, zone, err := f.aliasName(c, a[0])
 	if err != nil {
 		return err
 	}
-	target := strings.ToLower(a[1])
-	if !strings.HasSuffix(target, ".") {
-		return c.Errf("alias target '%s' must be an absolute name (end with a dot)", a[1])
-	}
-	if !hostname(target) {
-		return c.Errf("alias target '%s' is not a valid host name", a[1])
-	}
-	if target == name {
-		return c.Errf("alias '%s' points at itself", a[0])
-	}
 	if _, dup := f.aliases[name]; dup {
 		return c.Errf("alias '%s' is defined more than once", name)
 	}
-	f.aliases[name] = &alias{name: name, zone: zone, target: target}
+	al := &alias{name: name, zone: zone}
+	for _, t := range a[1:] {
+		target := strings.ToLower(t)
+		if !strings.HasSuffix(target, ".") {
+			return c.Errf("alias target '%s' must be an absolute name (end with a dot)", t)
+		}
+		if !hostname(target) {
+			return c.Errf("alias target '%s' is not a valid host name", t)
+		}
+		if target == name {
+			return c.Errf("alias '%s' points at itself", a[0])
+		}
+		if slices.Contains(al.targets, target) {
+			return c.Errf("alias '%s' lists target '%s' more than once", a[0], t)
+		}
+		al.targets = append(al.targets, target)
+	}
+	f.aliases[name] = al
 	return nil
 }
 

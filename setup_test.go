@@ -128,12 +128,13 @@ func TestParseDefaults(t *testing.T) {
 	if len(f.aliases) != 1 || a == nil {
 		t.Fatalf("Test 0: expected one alias at example.org., got %v", f.aliases)
 	}
-	if a.name != "example.org." || a.target != "target.example.net." || a.zone != "example.org." {
-		t.Errorf("Test 0: expected alias example.org. -> target.example.net. in example.org., got %s -> %s in %s", a.name, a.target, a.zone)
+	if a.name != "example.org." || !slices.Equal(a.targets, []string{"target.example.net."}) || a.zone != "example.org." {
+		t.Errorf("Test 0: expected alias example.org. -> target.example.net. in example.org., got %s -> %s in %s", a.name, a.targets, a.zone)
 	}
 }
 
-// aliasWant is an expected alias: its target and the zone of ZONES that holds its name.
+// aliasWant is an expected alias: its targets (space-separated, in order) and the zone of ZONES
+// that holds its name.
 type aliasWant struct {
 	target string
 	zone   string
@@ -235,17 +236,34 @@ func TestParseAlias(t *testing.T) {
 		{`flatten {
 			alias @ target.example.net.
 			alias
-		}`, nil, true, "'alias' takes 2 argument(s), got 0", 3, nil, nil},
+		}`, nil, true, "'alias' takes a NAME and at least 1 TARGET, got 0 argument(s)", 3, nil, nil},
 		// 13
 		{`flatten {
 			alias @ target.example.net.
 			alias a
-		}`, nil, true, "takes 2 argument(s), got 1: [a]", 3, nil, nil},
-		// 14
+		}`, nil, true, "'alias' takes a NAME and at least 1 TARGET, got 1 argument(s): [a]", 3, nil, nil},
+		// 14: several targets, tried in order (failover); case folded.
 		{`flatten {
 			alias @ target.example.net.
-			alias a b. c.
-		}`, nil, true, "takes 2 argument(s), got 3: [a b. c.]", 3, nil, nil},
+			alias a B. c. Backup.Example.NET.
+		}`, nil, false, "", 0, []string{"example.org."}, map[string]aliasWant{
+			"example.org.":   {"target.example.net.", "example.org."},
+			"a.example.org.": {"b. c. backup.example.net.", "example.org."},
+		}},
+		// 14b: a target listed twice.
+		{`flatten {
+			alias @ target.example.net.
+			alias a b.example.net. c.example.net. B.example.net.
+		}`, nil, true, "alias 'a' lists target 'B.example.net.' more than once", 3, nil, nil},
+		// 14c: a later target that is invalid, or the alias itself.
+		{`flatten {
+			alias @ target.example.net.
+			alias a b.example.net. c.example.net
+		}`, nil, true, "alias target 'c.example.net' must be an absolute name", 3, nil, nil},
+		{`flatten {
+			alias @ target.example.net.
+			alias a b.example.net. A.example.org.
+		}`, nil, true, "alias 'a' points at itself", 3, nil, nil},
 
 		// Invalid targets.
 		// 15: not absolute.
@@ -384,9 +402,9 @@ func TestParseAlias(t *testing.T) {
 				t.Errorf("Test %d: expected an alias at %s, got none", i, name)
 				continue
 			}
-			if a.name != name || a.target != want.target || a.zone != want.zone {
+			if a.name != name || strings.Join(a.targets, " ") != want.target || a.zone != want.zone {
 				t.Errorf("Test %d: expected alias %s -> %s in %s, got %s -> %s in %s",
-					i, name, want.target, want.zone, a.name, a.target, a.zone)
+					i, name, want.target, want.zone, a.name, a.targets, a.zone)
 			}
 		}
 	}
@@ -546,11 +564,11 @@ func TestParseArgErrorsAndDNSScheme(t *testing.T) {
 		{`flatten {
 			alias @ target.example.net.
 			alias a
-		}`, true, "'alias' takes 2 argument(s), got 1", 3, nil},
+		}`, true, "'alias' takes a NAME and at least 1 TARGET, got 1 argument(s)", 3, nil},
 		{`flatten {
 			alias @ target.example.net.
-			alias a b. c.
-		}`, true, "'alias' takes 2 argument(s), got 3", 3, nil},
+			ttl 1
+		}`, true, "'ttl' takes 2 argument(s), got 1", 3, nil},
 		{`flatten {
 			alias @ target.example.net.
 			max_depth 1 2

@@ -1,0 +1,65 @@
+package flatten
+
+import (
+	"context"
+	"strings"
+
+	"github.com/coredns/coredns/plugin/metadata"
+	"github.com/coredns/coredns/request"
+)
+
+// Metadata labels published for the *metadata* plugin, so that *log* can print, per query, what
+// was followed and where the answer came from.
+const (
+	metaTarget = "flatten/target" // the target that answered (of an alias's several)
+	metaSource = "flatten/source" // fresh, resolved, stale, fallback or servfail
+	metaChain  = "flatten/chain"  // the chain followed: "a.example. -> b.example."
+)
+
+// answerNote is what a flattened query's answer came from, filled in by flatten and read by the
+// metadata functions once the answer is written (when *log* runs).
+type answerNote struct {
+	target, source string
+	chain          *chain
+}
+
+type noteKey struct{}
+
+// Metadata implements metadata.Provider. It runs before ServeDNS for every query when *metadata*
+// is in the server block; the values are computed only when read, from the note flatten leaves.
+func (f *Flatten) Metadata(ctx context.Context, state request.Request) context.Context {
+	f.metadataOn.Store(true)
+	n := &answerNote{}
+	metadata.SetValueFunc(ctx, metaTarget, func() string { return n.target })
+	metadata.SetValueFunc(ctx, metaSource, func() string { return n.source })
+	metadata.SetValueFunc(ctx, metaChain, func() string { return chainString(n.target, n.chain) })
+	return context.WithValue(ctx, noteKey{}, n)
+}
+
+// noteAnswer records where a flattened answer came from, for the metadata functions. Without
+// *metadata* it costs one atomic load.
+func (f *Flatten) noteAnswer(ctx context.Context, target, source string, c *chain) {
+	if !f.metadataOn.Load() {
+		return
+	}
+	if n, ok := ctx.Value(noteKey{}).(*answerNote); ok {
+		n.target, n.source, n.chain = target, source, c
+	}
+}
+
+// chainString spells a followed chain from target: every hop's name, ending at the name that
+// owns the addresses.
+func chainString(target string, c *chain) string {
+	if target == "" {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString(target)
+	if c != nil {
+		for _, h := range c.hops {
+			b.WriteString(" -> ")
+			b.WriteString(h.target)
+		}
+	}
+	return b.String()
+}
