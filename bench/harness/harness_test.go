@@ -1,0 +1,168 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// A fixed-rate run as dnsperf 2.10 prints it with -v: one line per answered query, "> T" for a
+// timeout, then the statistics.
+const dnsperfVerbose = `DNS Performance Testing Tool
+Version 2.10.0
+
+[Status] Command line: dnsperf -s 127.0.0.1 -p 15399 -d q.txt -l 2 -Q 100 -v
+[Status] Sending queries (to 127.0.0.1:15399)
+> NOERROR example.test A 0.000400
+> NOERROR example.test AAAA 0.000100
+> NOERROR example.test A 0.000300
+> T example.test AAAA
+> NOERROR example.test A 0.000200
+[Status] Testing complete (time limit)
+
+Statistics:
+
+  Queries sent:         5
+  Queries completed:    4 (80.00%)
+  Queries lost:         1 (20.00%)
+
+  Response codes:       NOERROR 4 (100.00%)
+  Average packet size:  request 30, response 106
+  Run time (s):         2.000628
+  Queries per second:   1.999372
+
+  Average Latency (s):  0.000250 (min 0.000100, max 0.000400)
+  Latency StdDev (s):   0.000112
+`
+
+func TestParseDnsperf(t *testing.T) {
+	p, summary, err := parseDnsperf(strings.NewReader(dnsperfVerbose))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Sent != 5 || p.Completed != 4 || p.Lost != 1 || p.NoError != 4 || p.RespSize != 106 {
+		t.Errorf("counts: %+v", p)
+	}
+	if math.Abs(p.QPS-1.999372) > 1e-9 || math.Abs(p.AvgLatMs-0.25) > 1e-9 {
+		t.Errorf("qps %v, avg latency %v ms", p.QPS, p.AvgLatMs)
+	}
+	// Sorted latencies 0.1 0.2 0.3 0.4 +Inf (the lost query): nearest rank.
+	if p.P50Ms != 0.3 || !math.IsInf(p.P99Ms, 1) || !math.IsInf(p.P999Ms, 1) {
+		t.Errorf("percentiles: p50 %v p99 %v p99.9 %v", p.P50Ms, p.P99Ms, p.P999Ms)
+	}
+	for _, l := range summary {
+		if strings.HasPrefix(l, ">") {
+			t.Errorf("per-query line kept in the summary: %q", l)
+		}
+	}
+}
+
+// A max-QPS run has no per-query lines, so no percentiles.
+func TestParseDnsperfMax(t *testing.T) {
+	var b strings.Builder
+	for _, l := range strings.Split(dnsperfVerbose, "\n") {
+		if !strings.HasPrefix(l, ">") {
+			b.WriteString(l + "\n")
+		}
+	}
+	in := strings.Replace(b.String(), "Queries lost:         1", "Queries lost:         0", 1)
+	p, _, err := parseDnsperf(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.P50Ms != 0 || p.P99Ms != 0 || p.Sent != 5 {
+		t.Errorf("%+v", p)
+	}
+}
+
+func TestPercentileAndMedian(t *testing.T) {
+	v := make([]float64, 1000)
+	for i := range v {
+		v[i] = float64(i + 1)
+	}
+	for _, c := range []struct{ p, want float64 }{{50, 500}, {99, 990}, {99.9, 999}, {100, 1000}} {
+		if got := percentile(v, c.p); got != c.want {
+			t.Errorf("p%v = %v, want %v", c.p, got, c.want)
+		}
+	}
+	if !math.IsNaN(percentile(nil, 50)) {
+		t.Error("percentile of nothing is not NaN")
+	}
+	if m := median([]float64{3, 1, 2}); m != 2 {
+		t.Errorf("median = %v", m)
+	}
+	if m := median([]float64{4, 1, 3, 2}); m != 2.5 {
+		t.Errorf("median = %v", m)
+	}
+}
+
+func TestRoundDown(t *testing.T) {
+	for in, want := range map[float64]int{23456: 23000, 7890.5: 7800, 150: 150, 99: 99, 0.4: 1} {
+		if got := roundDown(in); got != want {
+			t.Errorf("roundDown(%v) = %d, want %d", in, got, want)
+		}
+	}
+}
+
+func TestParseGoBench(t *testing.T) {
+	out := `goos: linux
+BenchmarkFlattenHit      	 1000000	       850 ns/op	     424 B/op	       6 allocs/op
+BenchmarkFlattenHit      	 1000000	       900 ns/op	     424 B/op	       6 allocs/op
+BenchmarkFlattenHit      	 1000000	       800 ns/op	     424 B/op	       6 allocs/op
+BenchmarkCachePluginHit-2	  500000	      1970 ns/op	     832 B/op	      16 allocs/op
+PASS
+`
+	got := parseGoBench(out)
+	if len(got) != 2 || got[0] != (goBench{"BenchmarkFlattenHit", 850, 424, 6}) || got[1] != (goBench{"BenchmarkCachePluginHit", 1970, 832, 16}) {
+		t.Errorf("%+v", got)
+	}
+}
+
+// requestCounts reads a real HTTP endpoint on loopback, as the harness reads the target's
+// prometheus plugin.
+func TestRequestCounts(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprint(w, `# HELP coredns_dns_requests_total Counter of DNS requests made per zone, protocol and family.
+# TYPE coredns_dns_requests_total counter
+coredns_dns_requests_total{family="1",proto="udp",server="dns://127.0.0.1:5301",type="A",view="",zone="agency.test."} 3
+coredns_dns_requests_total{family="1",proto="tcp",server="dns://127.0.0.1:5301",type="A",view="",zone="agency.test."} 1
+coredns_dns_requests_total{family="1",proto="udp",server="dns://127.0.0.1:5301",type="AAAA",view="",zone="agency.test."} 4
+coredns_dns_requests_total{family="1",proto="udp",server="dns://127.0.0.1:5302",type="A",view="",zone="agency.test."} 9
+coredns_dns_request_duration_seconds_count{server="dns://127.0.0.1:5301"} 100
+`)
+	})}
+	go srv.Serve(l)
+	defer srv.Close()
+	c, err := requestCounts(context.Background(), l.Addr().(*net.TCPAddr).Port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := c["dns://127.0.0.1:5301"]
+	if a["A"] != 4 || a["AAAA"] != 4 || sum(a) != 8 || sum(c["dns://127.0.0.1:5302"]) != 9 {
+		t.Errorf("%v", c)
+	}
+}
+
+func TestExpectedRefresh(t *testing.T) {
+	// The startup round (A and AAAA) and one refresh of each per 27 s that has passed.
+	for secs, want := range map[float64]int{0: 2, 26.9: 2, 27: 4, 100: 8} {
+		if got := expectedRefresh(upstream{Seconds: secs, Interval: 27}); got != want {
+			t.Errorf("%v s: %d, want %d", secs, got, want)
+		}
+	}
+}
+
+func TestKeyValues(t *testing.T) {
+	kv := keyValues("n=1000\nanswer_A=www.example.test. IN A 192.0.2.20\n\nnoise\n")
+	if kv["n"] != "1000" || kv["answer_A"] != "www.example.test. IN A 192.0.2.20" || len(kv) != 2 {
+		t.Errorf("%v", kv)
+	}
+}

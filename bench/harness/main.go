@@ -1,0 +1,361 @@
+// Command harness runs the side-by-side benchmark of bench/run.sh (which builds it, installs
+// what it needs and explains the settings): flatten against CoreDNS's file and cache plugins and
+// PowerDNS ALIAS, plus the cold path, a thundering herd and 100,000 configured aliases. Every
+// server listens on 127.0.0.1 only, pinned to one core; the load generators run on the other.
+// It writes the results to RESULTS (markdown) and OUT/results.json, and raw output under OUT.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// config is read from the environment (bench/run.sh documents each variable).
+type config struct {
+	Rounds       int           `json:"rounds"`
+	Duration     int           `json:"duration_s"`    // each max-QPS run and each fixed-rate run
+	CalDuration  int           `json:"calibration_s"` // the warm-up run of each row that sets the fixed rate
+	FixedQPS     int           `json:"fixed_qps"`     // 0: half the slowest row's warm-up QPS
+	Clients      int           `json:"clients"`       // dnsperf -c
+	Outstanding  int           `json:"outstanding"`   // dnsperf -q
+	TTL          int           `json:"ttl"`
+	Aliases      int           `json:"aliases"`
+	Sample       int           `json:"sample"`       // names of the big case in its dnsperf file
+	RefreshRate  int           `json:"refresh_rate"` // 0: not written (the plugin's default applies)
+	BigDelay     string        `json:"big_delay"`
+	ColdDelay    string        `json:"cold_delay"`
+	ColdReps     int           `json:"cold_reps"`
+	HerdN        int           `json:"herd_n"`
+	ServerCPU    int           `json:"server_cpu"`
+	LoadCPU      int           `json:"load_cpu"`
+	Phases       string        `json:"phases"`
+	GoBenchCount int           `json:"go_bench_count"`
+	ForeignMax   float64       `json:"foreign_max"` // a run is repeated when others took more of the server core
+	Retries      int           `json:"retries"`
+	QuietWait    time.Duration `json:"quiet_wait"`
+	ExtraBudget  time.Duration `json:"extra_budget"` // all quiet waits and repeats together
+	Quick        bool          `json:"quick"`
+
+	Out      string `json:"-"`
+	Results  string `json:"-"`
+	CoreDNS  string `json:"-"`
+	Target   string `json:"-"`
+	Herd     string `json:"-"`
+	ClkTck   int    `json:"-"`
+	RepoRoot string `json:"-"`
+}
+
+func env(name string, def int) int {
+	if v := os.Getenv(name); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "harness: %s=%q is not a whole number\n", name, v)
+			os.Exit(2)
+		}
+		return n
+	}
+	return def
+}
+
+func envStr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func loadConfig() config {
+	quick := os.Getenv("QUICK") == "1"
+	c := config{Quick: quick}
+	pick := func(full, q int) int {
+		if quick {
+			return q
+		}
+		return full
+	}
+	c.Rounds = env("ROUNDS", pick(5, 3))
+	c.Duration = env("DURATION", pick(8, 2))
+	c.CalDuration = env("CAL_DURATION", pick(3, 1))
+	c.FixedQPS = env("FIXED_QPS", 0)
+	c.Clients = env("CLIENTS", 8)
+	c.Outstanding = env("OUTSTANDING", 200)
+	c.TTL = env("TTL", 30)
+	c.Aliases = env("ALIASES", pick(100000, 10000))
+	c.Sample = env("SAMPLE", 10000)
+	c.RefreshRate = env("RATE", 0)
+	c.BigDelay = envStr("BIG_DELAY", "0s")
+	c.ColdDelay = envStr("COLD_DELAY", "20ms")
+	c.ColdReps = env("COLD_REPS", 5)
+	c.HerdN = env("HERD_N", 1000)
+	c.ServerCPU = env("SERVER_CPU", 0)
+	c.LoadCPU = env("LOAD_CPU", 1)
+	c.ForeignMax = float64(env("FOREIGN_MAX", 10)) / 100
+	c.Retries = env("RETRIES", pick(2, 1))
+	c.QuietWait = time.Duration(env("QUIET_WAIT", pick(10, 2))) * time.Second
+	c.ExtraBudget = time.Duration(env("EXTRA_BUDGET", pick(240, 20))) * time.Second
+	c.Phases = envStr("PHASES", "rows,cold,herd,big,gobench")
+	c.GoBenchCount = env("GOBENCH_COUNT", pick(5, 1))
+	c.Out = envStr("OUT", "bench/out")
+	c.Results = envStr("RESULTS", "bench/RESULTS.md")
+	c.CoreDNS = envStr("COREDNS", filepath.Join(c.Out, "coredns"))
+	c.Target = envStr("TARGET", filepath.Join(c.Out, "bin", "target"))
+	c.Herd = envStr("HERD", filepath.Join(c.Out, "bin", "herd"))
+	c.ClkTck = env("CLK_TCK", 100)
+	c.RepoRoot = envStr("REPO", ".")
+	if c.Rounds < 3 {
+		fmt.Fprintln(os.Stderr, "harness: ROUNDS must be at least 3 (medians of alternating rounds)")
+		os.Exit(2)
+	}
+	return c
+}
+
+// harness is one run.
+type harness struct {
+	cfg   config
+	ctx   context.Context
+	procs *procs
+	ports ports
+	extra time.Duration // spent on quiet waits and repeated runs so far
+	dir   string        // configs and zone files
+	raw   string        // raw dnsperf and herd output
+	res   results
+}
+
+// results is everything measured, written to results.json and rendered to RESULTS.md.
+type results struct {
+	Config       config       `json:"config"`
+	Started      time.Time    `json:"started"`
+	Finished     time.Time    `json:"finished"`
+	Versions     []kv         `json:"versions"`
+	Machine      []kv         `json:"machine"`
+	Rows         *rowsResult  `json:"rows,omitempty"`
+	Cold         []coldResult `json:"cold,omitempty"`
+	Herd         []herdResult `json:"herd,omitempty"`
+	Big          *bigResult   `json:"big,omitempty"`
+	GoBench      []goBench    `json:"go_bench,omitempty"`
+	GoBenchCount int          `json:"go_bench_count,omitempty"`
+}
+
+type kv struct {
+	K string `json:"k"`
+	V string `json:"v"`
+}
+
+func main() {
+	cfg := loadConfig()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer stop()
+
+	h := &harness{cfg: cfg, ctx: ctx}
+	err := h.run()
+	h.procs.stopAll()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "harness:", err)
+		if ctx.Err() != nil {
+			os.Exit(130)
+		}
+		os.Exit(1)
+	}
+}
+
+func (h *harness) phase(name string) bool {
+	for _, p := range strings.Split(h.cfg.Phases, ",") {
+		if strings.TrimSpace(p) == name {
+			return true
+		}
+	}
+	return false
+}
+
+func (h *harness) logf(format string, a ...any) {
+	fmt.Fprintf(os.Stderr, "bench: [%s] %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, a...))
+}
+
+func (h *harness) run() error {
+	h.res.Config = h.cfg
+	h.res.Started = time.Now().UTC()
+	h.dir = filepath.Join(h.cfg.Out, "run")
+	h.raw = filepath.Join(h.cfg.Out, "raw")
+	logs := filepath.Join(h.cfg.Out, "logs")
+	for _, d := range []string{h.dir, h.raw, logs} {
+		os.RemoveAll(d)
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	h.procs = &procs{logDir: logs, pidfile: filepath.Join(h.cfg.Out, "pids")}
+	h.res.Versions = h.versions()
+	h.res.Machine = machine()
+
+	if h.phase("rows") {
+		r, err := h.rows()
+		h.procs.stopAll()
+		if err != nil {
+			return fmt.Errorf("rows: %w", err)
+		}
+		h.res.Rows = r
+	}
+	if h.phase("cold") {
+		r, err := h.cold()
+		h.procs.stopAll()
+		if err != nil {
+			return fmt.Errorf("cold path: %w", err)
+		}
+		h.res.Cold = r
+	}
+	if h.phase("herd") {
+		r, err := h.herds()
+		h.procs.stopAll()
+		if err != nil {
+			return fmt.Errorf("herd: %w", err)
+		}
+		h.res.Herd = r
+	}
+	if h.phase("big") {
+		r, err := h.big()
+		h.procs.stopAll()
+		if err != nil {
+			return fmt.Errorf("100k aliases: %w", err)
+		}
+		h.res.Big = r
+	}
+	if h.phase("gobench") {
+		h.res.GoBenchCount = h.cfg.GoBenchCount
+		r, err := h.gobench(h.cfg.GoBenchCount)
+		if err != nil {
+			return fmt.Errorf("go benchmarks: %w", err)
+		}
+		h.res.GoBench = r
+	}
+	h.res.Finished = time.Now().UTC()
+
+	j, _ := json.MarshalIndent(h.res, "", "  ")
+	if err := os.WriteFile(filepath.Join(h.cfg.Out, "results.json"), j, 0o644); err != nil {
+		return err
+	}
+	md := render(&h.res)
+	if err := os.WriteFile(h.cfg.Results, []byte(md), 0o644); err != nil {
+		return err
+	}
+	fmt.Print(md)
+	return nil
+}
+
+// sleep waits d or until the run is interrupted.
+func (h *harness) sleep(d time.Duration) error {
+	select {
+	case <-time.After(d):
+		return nil
+	case <-h.ctx.Done():
+		return h.ctx.Err()
+	}
+}
+
+func errorf(format string, a ...any) error { return fmt.Errorf(format, a...) }
+
+func writeRaw(path, content string) { os.WriteFile(path, []byte(content), 0o644) }
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+func output(name string, args ...string) string {
+	out, _ := exec.Command(name, args...).CombinedOutput()
+	return string(out)
+}
+
+// versions of everything that answers or loads.
+func (h *harness) versions() []kv {
+	var v []kv
+	cd := strings.Fields(output(h.cfg.CoreDNS, "-version"))
+	v = append(v, kv{"CoreDNS (cmd/coredns, with flatten)", strings.TrimSuffix(strings.Join(cd, " "), ",")})
+	commit := strings.TrimSpace(output("git", "-C", h.cfg.RepoRoot, "rev-parse", "--short", "HEAD"))
+	if strings.TrimSpace(output("git", "-C", h.cfg.RepoRoot, "status", "--porcelain", "--untracked-files=no")) != "" {
+		commit += " (with uncommitted changes)"
+	}
+	v = append(v, kv{"flatten (this repository)", commit})
+	for _, s := range strings.Split(output("dnsperf", "-h"), "\n") {
+		if strings.HasPrefix(s, "Version") {
+			v = append(v, kv{"dnsperf", strings.TrimSpace(strings.TrimPrefix(s, "Version"))})
+		}
+	}
+	for _, p := range []struct{ name, bin, pkg string }{
+		{"PowerDNS Authoritative", "pdns_server", "pdns-server"},
+		{"PowerDNS bind backend", "", "pdns-backend-bind"},
+		{"PowerDNS Recursor", "pdns_recursor", "pdns-recursor"},
+		{"dnsperf package", "", "dnsperf"},
+	} {
+		deb := strings.TrimSpace(output("dpkg-query", "-W", "-f=${Version}", p.pkg))
+		val := "Debian " + p.pkg + " " + deb
+		if p.bin != "" {
+			for _, l := range strings.Split(output(p.bin, "--version"), "\n") {
+				if i := strings.Index(l, "PowerDNS"); i >= 0 {
+					val = strings.TrimSpace(l[i:]) + "; " + val
+					break
+				}
+			}
+		}
+		v = append(v, kv{p.name, val})
+	}
+	v = append(v, kv{"Go", runtime.Version()})
+	return v
+}
+
+func machine() []kv {
+	model := ""
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "model name"); ok {
+				model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	mem := ""
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		mem = firstLine(string(b))
+		mem = strings.Join(strings.Fields(strings.TrimPrefix(mem, "MemTotal:")), " ")
+	}
+	hyper := ""
+	for _, l := range strings.Split(output("lscpu"), "\n") {
+		if v, ok := strings.CutPrefix(l, "Hypervisor vendor:"); ok {
+			hyper = strings.TrimSpace(v)
+		}
+	}
+	cores := 0
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "processor") {
+				cores++
+			}
+		}
+	}
+	m := []kv{
+		{"CPU", model},
+		{"cores", strconv.Itoa(cores)},
+		{"kernel", strings.TrimSpace(string(kernel))},
+		{"memory", mem},
+	}
+	if hyper != "" {
+		m = append(m, kv{"hypervisor", hyper})
+	}
+	if virt := strings.TrimSpace(output("systemd-detect-virt", "--container")); virt != "" && virt != "none" {
+		m = append(m, kv{"container", virt})
+	}
+	return m
+}

@@ -1,0 +1,285 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+)
+
+// render writes the results as markdown: the side-by-side table first, then the targets of the
+// issue with what was measured, then the other cases and how everything was measured.
+func render(r *results) string {
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	c := r.Config
+
+	p("# flatten benchmark results\n\n")
+	p("Measured %s (%s of wall time) by `bench/run.sh`", r.Started.Format("2006-01-02 15:04 UTC"), r.Finished.Sub(r.Started).Round(1e9))
+	if c.Quick {
+		p(" in QUICK mode (a check of the script, not a measurement to quote)")
+	}
+	p(" (reproduce: `bench/run.sh`; its header explains every setting)")
+	p(". Settings: ROUNDS=%d DURATION=%d s per run, dnsperf -c %d -q %d, TTL %d s, ALIASES=%d, RATE=%s.\n\n",
+		c.Rounds, c.Duration, c.Clients, c.Outstanding, c.TTL, c.Aliases, rateText(c.RefreshRate))
+
+	if rows := r.Rows; rows != nil {
+		renderRows(&b, r, rows)
+	}
+	renderTargets(&b, r)
+	if rows := r.Rows; rows != nil {
+		renderUpstream(&b, rows)
+	}
+	if len(r.Cold) > 0 {
+		p("## Cold path\n\n")
+		p("A fresh target (bench/target) %s away and a fresh flattening CoreDNS for each repetition (%d); medians, with the range in brackets, in ms. \"Right after start\" is the first A query, sent the moment the server answers the zone's SOA (bench/herd -wait-zone): the configured alias's startup resolution is then usually still in flight, and the query joins it. The on-demand name is `www` (`cname www.example.test.`, a CNAME to client2.agency.test in the zone), asked for the first time.\n\n", r.Cold[0].Delay, c.ColdReps)
+		p("| target | round trips | configured alias, right after start | again | on-demand name, first query | again | server answered after |\n|---|---|---|---|---|---|---|\n")
+		for _, x := range r.Cold {
+			p("| %s | %d | %s | %s | %s | %s | %s |\n", x.Mode, x.Hops, spread(x.AliasFirst), spread(x.AliasSecond), spread(x.DemandFirst), spread(x.DemandSecond), spread(x.StartMs))
+		}
+		p("\n")
+	}
+	if len(r.Herd) > 0 {
+		p("## Thundering herd\n\n")
+		p("%d queries (A and AAAA in turn) for one name, each from its own UDP socket, released together by bench/herd; the target (%s away, one hop per question) counts what it was asked. Queries the server's socket buffer dropped are sent again after 2 s (the \"retried\" column): they add latency, not upstream queries.\n\n", c.HerdN, c.ColdDelay)
+		p("| case | answered | retried | sent within | sent before the first answer | latency p50 / max (ms) | upstream queries at the target (name type = count) | total |\n|---|---|---|---|---|---|---|---|\n")
+		for _, x := range r.Herd {
+			p("| %s | %s of %s | %s | %s ms | %s | %s / %s | %s | %d |\n", x.Case, x.Herd["answered"], x.Herd["n"], x.Herd["retried"], x.Herd["sent_over_ms"], x.Herd["sent_before_first_answer"],
+				x.Herd["lat_p50_ms"], x.Herd["lat_max_ms"], countsText(x.Counts), x.Total)
+		}
+		p("\n")
+	}
+	if g := r.Big; g != nil {
+		p("## %d configured aliases\n\n", g.Aliases)
+		p("One CoreDNS with %d `alias aNNNNN.example.test tNNNNN.agency.test` lines, `upstream` the fake target (delay %s, each tNNNNN a CNAME to one of 256 sNNN names with A and AAAA, TTL 3600, whole chain in one answer), refresh_rate %s. The one-alias server is the same Corefile with one alias, running at the same time.\n\n", g.Aliases, c.BigDelay, rateText(g.RefreshRate))
+		p("| measure | value |\n|---|---|\n")
+		p("| startup: exec to the *ready* plugin's 200 | %.1f s |\n", g.StartupSeconds)
+		p("| startup: target's first to last query | %.1f s |\n", g.SpanSeconds)
+		p("| upstream queries at startup (distinct names; most for one name and type) | %d (%d; %d) |\n", g.Upstream, g.Names, g.MaxPerNameType)
+		p("| highest upstream queries in any 1 s window | %d |\n", g.MaxPerSecond)
+		p("| VmRSS after warm-up / after the load / VmHWM | %.1f / %.1f / %.1f MB |\n", mb(g.RSSReadyKB), mb(g.RSSAfterKB), mb(g.HWMKB))
+		p("| VmRSS of the one-alias server | %.1f MB |\n", mb(g.OneRSSKB))
+		p("| hit-path max QPS, %d sampled names (median) | %.0f |\n", g.Sample, g.BigQPS)
+		p("| hit-path max QPS, one alias (median) | %.0f |\n", g.OneQPS)
+		p("| runs repeated (others took the cores) | %d |\n", g.Retries)
+		p("| ratio, median of per-round ratios | %.3f |\n", g.Ratio)
+		p("| upstream queries during the load | %d |\n\n", g.UpstreamLoad)
+		p("Per round (QPS, %d aliases / one alias): ", g.Aliases)
+		var parts []string
+		for _, x := range g.Runs {
+			parts = append(parts, fmt.Sprintf("%.0f / %.0f", x.Big.QPS, x.One.QPS))
+		}
+		p("%s.\n\n", strings.Join(parts, "; "))
+	}
+	if len(r.GoBench) > 0 {
+		p("## Go benchmarks (one `go test -bench` run, pinned to the server core, GOMAXPROCS=1)\n\n")
+		p("| benchmark | ns/op (median of %d) | B/op | allocs/op |\n|---|---|---|---|\n", r.GoBenchCount)
+		for _, x := range r.GoBench {
+			p("| %s | %.0f | %.0f | %.0f |\n", x.Name, x.NsOp, x.BOp, x.AllocsOp)
+		}
+		p("\n")
+	}
+
+	p("## Machine and versions\n\n| | |\n|---|---|\n")
+	for _, x := range r.Machine {
+		p("| %s | %s |\n", x.K, x.V)
+	}
+	for _, x := range r.Versions {
+		p("| %s | %s |\n", x.K, x.V)
+	}
+	p("\n")
+	renderMethod(&b, r)
+	return b.String()
+}
+
+func renderRows(b *strings.Builder, r *results, rows *rowsResult) {
+	p := func(format string, a ...any) { fmt.Fprintf(b, format, a...) }
+	c := r.Config
+	p("## Side by side\n\n")
+	p("Every row answers `example.test A` and `AAAA` (dnsperf, 50/50) with A 192.0.2.10, A 192.0.2.11 and AAAA 2001:db8::10; the flattening rows follow client1.agency.test CNAME server1.agency.test, served by a CoreDNS *file* instance (the target). Medians over %d rounds; max QPS ratios are medians of per-round ratios. Latency at a fixed offered rate of %d QPS.\n\n", c.Rounds, rows.FixedQPS)
+	p("| row | server | max QPS | vs 3 | vs 3b | vs 4 | p50 ms | p99 ms | p99.9 ms | CPU us/query | lost (max / fixed) | other load on server core |\n")
+	p("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, x := range rows.Rows {
+		p("| %s | %s | %.0f | %.2f | %.2f | %.2f | %s | %s | %s | %.1f | %d / %d | %.0f%% |\n", x.ID, x.Label, x.QPS, x.Vs3, x.Vs3b, x.Vs4,
+			ms(x.P50), ms(x.P99), ms(x.P999), x.CPUus, x.Lost, x.FixLost, 100*x.Foreign)
+	}
+	p("\nflatten (row 1) per round, max QPS over row 3b / row 3 / the better PowerDNS row: %s / %s / %s; medians %.3f / %.3f / %.3f.\n\n",
+		list(rows.FlatVs3b), list(rows.FlatVs3), list(rows.FlatVsPDNS), median(rows.FlatVs3b), median(rows.FlatVs3), median(rows.FlatVsPDNS))
+	p("Max QPS per round:\n\n| row |")
+	for i := range c.Rounds {
+		p(" round %d |", i+1)
+	}
+	p(" dnsperf CPU, share of its core (median) | runs repeated |\n|---|")
+	for range c.Rounds {
+		p("---|")
+	}
+	p("---|---|\n")
+	for _, x := range rows.Rows {
+		p("| %s |", x.ID)
+		for _, run := range x.Runs {
+			p(" %.0f |", run.Max.QPS)
+		}
+		p(" %.0f%% | %d |\n", 100*x.LoadBusy, x.Retries)
+	}
+	p("\n")
+}
+
+func renderUpstream(b *strings.Builder, rows *rowsResult) {
+	p := func(format string, a ...any) { fmt.Fprintf(b, format, a...) }
+	p("## Upstream queries of the warm flatten rows\n\n")
+	p("Counted at the target (coredns_dns_requests_total of the row's own target listener). With TTL T the plugin refreshes each alias's A and AAAA when 10%% of T is left, so one question per type every 0.9 T, plus the startup round.\n\n")
+	p("| row | client queries answered during its load runs | upstream queries in those %s | upstream queries since the server started (A / AAAA) | seconds since start | expected from the schedule |\n|---|---|---|---|---|---|\n", "runs")
+	for _, u := range rows.Upstream {
+		p("| %s | %d | %d (in %.0f s) | %d (%d / %d) | %.0f | %d (one per type every %.0f s, and the startup round) |\n",
+			u.Row, u.LoadQueries, u.DuringLoad, u.LoadSeconds, u.Total, u.ByType["A"], u.ByType["AAAA"], u.Seconds, expectedRefresh(u), u.Interval)
+	}
+	p("\n")
+}
+
+// expectedRefresh is the startup round plus one refresh per type per interval elapsed.
+func expectedRefresh(u upstream) int {
+	return 2 * (1 + int(math.Floor(u.Seconds/u.Interval)))
+}
+
+type goal struct{ what, need, got, met string }
+
+func renderTargets(b *strings.Builder, r *results) {
+	var t []goal
+	yes := func(ok bool) string {
+		if ok {
+			return "yes"
+		}
+		return "**no**"
+	}
+	if rows := r.Rows; rows != nil {
+		row := func(id string) rowResult {
+			for _, x := range rows.Rows {
+				if x.ID == id {
+					return x
+				}
+			}
+			return rowResult{}
+		}
+		v3b, v3, vp := median(rows.FlatVs3b), median(rows.FlatVs3), median(rows.FlatVsPDNS)
+		t = append(t,
+			goal{"flatten warm max QPS / cache + file static (3b)", ">= 1.0", fmt.Sprintf("%.3f", v3b), yes(v3b >= 1.0)},
+			goal{"flatten warm max QPS / file static (3)", ">= 1.15", fmt.Sprintf("%.3f", v3), yes(v3 >= 1.15)},
+			goal{"flatten warm max QPS / best PowerDNS ALIAS row", ">= 1.7", fmt.Sprintf("%.3f", vp), yes(vp >= 1.7)})
+		f, s := row("1"), row("3")
+		t = append(t,
+			goal{fmt.Sprintf("p99 at %d QPS, flatten vs file static", rows.FixedQPS), "<= row 3", fmt.Sprintf("%s vs %s ms", ms(f.P99), ms(s.P99)), yes(f.P99 <= s.P99)},
+			goal{fmt.Sprintf("p99.9 at %d QPS, flatten vs file static", rows.FixedQPS), "<= row 3", fmt.Sprintf("%s vs %s ms", ms(f.P999), ms(s.P999)), yes(f.P999 <= s.P999)})
+		for _, u := range rows.Upstream {
+			exp := expectedRefresh(u)
+			ok := u.Total >= exp-2 && u.Total <= exp+2
+			t = append(t, goal{fmt.Sprintf("row %s: upstream queries = the refresh schedule only (none caused by %d client queries)", u.Row, u.LoadQueries),
+				fmt.Sprintf("%d +- 2 (one per type per %.0f s)", exp, u.Interval), strconv.Itoa(u.Total), yes(ok)})
+		}
+	}
+	for _, x := range r.Herd {
+		worst := 0
+		for _, n := range x.Counts {
+			worst = max(worst, n)
+		}
+		t = append(t, goal{fmt.Sprintf("%s queries at once, %s: upstream queries per type and hop", x.Herd["n"], x.Case), "<= 1", fmt.Sprintf("at most %d (%s)", worst, countsText(x.Counts)), yes(worst <= 1)})
+	}
+	if g := r.Big; g != nil {
+		if g.RefreshRate > 0 {
+			t = append(t, goal{fmt.Sprintf("%d aliases: upstream queries in any 1 s during startup", g.Aliases), fmt.Sprintf("<= refresh_rate %d (+1, the token bucket's burst)", g.RefreshRate),
+				strconv.Itoa(g.MaxPerSecond), yes(g.MaxPerSecond <= g.RefreshRate+1)})
+		} else {
+			t = append(t, goal{fmt.Sprintf("%d aliases: upstream queries in any 1 s during startup", g.Aliases), "a configured rate (RATE not set)", strconv.Itoa(g.MaxPerSecond), "not checked"})
+		}
+		t = append(t,
+			goal{fmt.Sprintf("%d aliases: resident memory (VmHWM, the peak)", g.Aliases), "< 200 MB", fmt.Sprintf("%.1f MB", mb(g.HWMKB)), yes(mb(g.HWMKB) < 200)},
+			goal{fmt.Sprintf("%d aliases: hit-path max QPS / one alias", g.Aliases), ">= 0.90", fmt.Sprintf("%.3f", g.Ratio), yes(g.Ratio >= 0.9)})
+	}
+	if hit, cache, ok := r.goBench("BenchmarkFlattenHit"), r.goBench("BenchmarkCachePluginHit"), len(r.GoBench) > 0; ok && hit != nil && cache != nil {
+		t = append(t,
+			goal{"Go benchmark: flatten hit vs cache plugin hit, ns/op", "<= cache", fmt.Sprintf("%.0f vs %.0f", hit.NsOp, cache.NsOp), yes(hit.NsOp <= cache.NsOp)},
+			goal{"Go benchmark: flatten hit vs cache plugin hit, allocs/op", "<= cache", fmt.Sprintf("%.0f vs %.0f", hit.AllocsOp, cache.AllocsOp), yes(hit.AllocsOp <= cache.AllocsOp)})
+	}
+	if len(t) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "## The issue's targets\n\n| target | required | measured | met |\n|---|---|---|---|\n")
+	for _, x := range t {
+		fmt.Fprintf(b, "| %s | %s | %s | %s |\n", x.what, x.need, x.got, x.met)
+	}
+	b.WriteString("\n")
+}
+
+func renderMethod(b *strings.Builder, r *results) {
+	c := r.Config
+	fmt.Fprintf(b, `## How it was measured
+
+- Every server listens on 127.0.0.1 only, on its own port, pinned with taskset to core %[1]d
+  together with the processes its answers make work (the target CoreDNS, the PowerDNS Recursor),
+  so their CPU counts against the row. CoreDNS runs with GOMAXPROCS=1. dnsperf and bench/herd run
+  on core %[2]d. "CPU us/query" is the user+system time of the row's processes
+  (/proc/PID/stat) over the queries answered in the max run; "other load on server core" is the
+  share of core %[1]d used by anything else during that run (the machine is shared), from
+  /proc/stat (medians over rounds). A run during which other processes took more than %[6]d%% of
+  the server core is run again, up to %[7]d times ("runs repeated"). "dnsperf CPU" is dnsperf's
+  CPU time over its wall time: near 100%% would mean the load generator, not the server, was
+  the limit.
+- Rounds alternate between rows (1 2 3 3b 4 5, 1 2 3 3b 4 5, ...) so that drift hits every row
+  alike. In each round each row gets a max-QPS run (dnsperf -c %[3]d -q %[4]d for %[5]d s: enough
+  outstanding queries to keep the server core busy) and then a fixed-rate run (-Q, the same rate
+  for every row: half the slowest row's QPS in a warm-up run, unless FIXED_QPS is set).
+- Latency percentiles: dnsperf -v prints every answered query's latency (in microseconds); the
+  harness reads them as they stream, counts each lost query as infinitely slow, and takes the
+  nearest-rank p50, p99 and p99.9 of the run. The table shows the median over rounds.
+- Row 4 and 5 are pdns_server with the bind backend and an ALIAS record at the apex,
+  expand-alias=yes, resolver= a pdns_recursor that forward-zones agency.test to the target
+  (hint-file=no and dont-query for everything else, so it asks nobody but the target). Row 5 sets
+  cache-ttl=0, query-cache-ttl=0 and negquery-cache-ttl=0. Other settings are the defaults.
+- Raw output (dnsperf summaries, herd reports, configurations, logs) is under bench/out, which is
+  not in git; bench/out/results.json holds every number above.
+`, c.ServerCPU, c.LoadCPU, c.Clients, c.Outstanding, c.Duration, int(math.Round(100*c.ForeignMax)), c.Retries)
+}
+
+func ms(v float64) string {
+	if math.IsInf(v, 1) {
+		return "lost"
+	}
+	if math.IsNaN(v) {
+		return "-"
+	}
+	return strconv.FormatFloat(v, 'f', 3, 64)
+}
+
+func mb(kb int) float64 { return float64(kb) / 1024 }
+
+func list(v []float64) string {
+	var s []string
+	for _, x := range v {
+		s = append(s, fmt.Sprintf("%.2f", x))
+	}
+	return strings.Join(s, " ")
+}
+
+// spread is the median and range of v.
+func spread(v []float64) string {
+	if len(v) == 0 {
+		return "-"
+	}
+	lo, hi := v[0], v[0]
+	for _, x := range v {
+		lo, hi = min(lo, x), max(hi, x)
+	}
+	return fmt.Sprintf("%.1f [%.1f-%.1f]", median(v), lo, hi)
+}
+
+func countsText(m map[string]int) string {
+	var keys []string
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sortStrings(keys)
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s = %d", k, m[k]))
+	}
+	return strings.Join(parts, ", ")
+}

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of flatten against what users would run instead. One command:
+#
+#   bench/run.sh                 # the full run (about 12 minutes on 2 cores); writes bench/RESULTS.md
+#   QUICK=1 bench/run.sh         # about 2 minutes: checks the script, numbers not worth quoting
+#
+# It installs dnsperf, pdns-server, pdns-backend-bind and pdns-recursor from Debian if they are
+# missing (without letting the packages start their services), builds cmd/coredns into
+# bench/out/coredns and the helpers (bench/target, bench/herd, bench/harness) into bench/out/bin,
+# and runs bench/harness, which starts every server on 127.0.0.1 on its own port, pinned to one
+# core (SERVER_CPU) with the load generator on the other (LOAD_CPU), runs the load, stops every
+# process it started by PID (also on Ctrl-C), prints the results and writes bench/RESULTS.md.
+# Raw output goes to bench/out (not in git).
+#
+# Rows (all answer example.test A/AAAA with the addresses at the end of
+# client1.agency.test CNAME server1.agency.test, which a CoreDNS *file* instance serves):
+#   1  flatten (+ file), cache warm        3  file, static apex A/AAAA
+#   2  cache + flatten (+ file)            3b cache + file, static apex A/AAAA
+#   4  PowerDNS ALIAS, default caches      5  PowerDNS ALIAS, packet and query caches off
+# Also: the cold path (upstream COLD_DELAY away), a thundering herd (HERD_N concurrent first
+# queries), ALIASES configured aliases (startup, upstream rate, memory, hit-path QPS), and the Go
+# benchmarks of the plugin (bench_test.go) pinned to the server core.
+#
+# Settings (environment):
+#   ROUNDS=5         rounds alternating between rows (at least 3); medians are reported
+#   DURATION=8       seconds of each dnsperf run (one max-QPS run and one fixed-rate run per row
+#                    per round)
+#   FIXED_QPS=       offered rate for the latency percentiles; default: half the slowest row's
+#   CLIENTS=8 OUTSTANDING=500   dnsperf -c and -q of every run
+#   TTL=30           TTL of the chain and of the static records
+#   ALIASES=100000   aliases of the big case; SAMPLE=10000 of them are queried
+#   RATE=5000        refresh_rate written into the big case's Corefile (upstream queries per
+#                    second of background resolution); RATE=0 writes none (the plugin's default)
+#   BIG_DELAY=0s     the fake target's delay in the big case
+#   COLD_DELAY=20ms  the fake target's delay for the cold path and the herd; COLD_REPS=5
+#   HERD_N=1000      queries in the herd
+#   GOBENCH_COUNT=5  -count of the Go benchmarks
+#   SERVER_CPU=0 LOAD_CPU=1     the cores
+#   FOREIGN_MAX=10   the machine may be shared: each run first waits up to QUIET_WAIT=10 seconds
+#                    for both cores to be under FOREIGN_MAX% busy, and a run during which other
+#                    processes took more than FOREIGN_MAX% of either core is repeated up to
+#                    RETRIES=2 times; all waits and repeats together stop after EXTRA_BUDGET=240 s
+#   PHASES=rows,cold,herd,big,gobench   which parts to run
+#   QUICK=1          ROUNDS=3 DURATION=2 ALIASES=10000 GOBENCH_COUNT=1 RETRIES=1 QUIET_WAIT=2
+#                    EXTRA_BUDGET=20 unless set
+#   RESULTS=bench/RESULTS.md    where the table goes
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+if ! command -v go >/dev/null 2>&1; then
+	export PATH="/usr/local/go/bin:$PATH"
+fi
+OUT="${OUT:-bench/out}"
+mkdir -p "$OUT/bin"
+pidfile="$OUT/pids"
+: >"$pidfile"
+
+log() { echo "bench: [$(date +%T)] $*" >&2; }
+
+# --- dependencies ---------------------------------------------------------------------------
+need_pkgs=()
+command -v dnsperf >/dev/null 2>&1 || need_pkgs+=(dnsperf)
+command -v pdns_server >/dev/null 2>&1 || need_pkgs+=(pdns-server)
+dpkg-query -W -f='${Status}' pdns-backend-bind 2>/dev/null | grep -q "install ok installed" || need_pkgs+=(pdns-backend-bind)
+command -v pdns_recursor >/dev/null 2>&1 || need_pkgs+=(pdns-recursor)
+command -v taskset >/dev/null 2>&1 || need_pkgs+=(util-linux)
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+	log "installing ${need_pkgs[*]}"
+	# Debian's maintainer scripts start pdns and pdns-recursor as services (on port 53, for
+	# every address). policy-rc.d answering 101 ("action forbidden") stops invoke-rc.d and
+	# deb-systemd-invoke from starting anything; one that already exists is left as it is.
+	made_policy=""
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod 755 /usr/sbin/policy-rc.d
+		made_policy=1
+	fi
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_pkgs[@]}"
+	if [ -n "$made_policy" ]; then
+		rm -f /usr/sbin/policy-rc.d
+	fi
+	# Where systemd runs, keep the units this install added from starting at boot (and stop
+	# them, should anything have started them).
+	if [ -d /run/systemd/system ]; then
+		systemctl disable --now pdns.service pdns-recursor.service 2>/dev/null || true
+	fi
+fi
+
+# --- build ----------------------------------------------------------------------------------
+log "building cmd/coredns and the helpers"
+go build -o "$OUT/coredns" ./cmd/coredns
+go build -o "$OUT/bin/target" ./bench/target
+go build -o "$OUT/bin/herd" ./bench/herd
+go build -o "$OUT/bin/harness" ./bench/harness
+
+# refresh_rate is only written into the big case's Corefile when the plugin knows it.
+if grep -q '"refresh_rate"' setup.go; then
+	export RATE="${RATE:-5000}"
+else
+	log "this build of flatten has no refresh_rate option: the big case runs without it"
+	export RATE=0
+fi
+
+# --- run ------------------------------------------------------------------------------------
+harness_pid=""
+cleanup() {
+	local status=$?
+	trap - EXIT INT TERM
+	if [ -n "$harness_pid" ] && kill -0 "$harness_pid" 2>/dev/null; then
+		kill -TERM "$harness_pid" 2>/dev/null || true
+		wait "$harness_pid" 2>/dev/null || true
+	fi
+	# Whatever the harness could not stop (it was killed, say): the PIDs it recorded, each only
+	# if it is still the same process (same start time in /proc/PID/stat).
+	if [ -s "$pidfile" ]; then
+		while read -r pid start name; do
+			if [ -r "/proc/$pid/stat" ] && [ "$(awk '{sub(/.*\) /, ""); print $20}' "/proc/$pid/stat")" = "$start" ]; then
+				log "stopping $name (PID $pid)"
+				kill -TERM "$pid" 2>/dev/null || true
+				sleep 1
+				kill -KILL "$pid" 2>/dev/null || true
+			fi
+		done <"$pidfile"
+	fi
+	exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+export OUT CLK_TCK="$(getconf CLK_TCK)" REPO="$PWD" COREDNS="$OUT/coredns" TARGET="$OUT/bin/target" HERD="$OUT/bin/herd"
+# The harness waits most of the time; it shares the load core with dnsperf, not the servers'.
+taskset -c "${LOAD_CPU:-1}" "$OUT/bin/harness" &
+harness_pid=$!
+wait "$harness_pid"
