@@ -294,6 +294,23 @@ func (c *cache) get(ctx context.Context, s *slot, nested bool) (*entry, source, 
 	}
 }
 
+// peek returns what get would answer s with at now, and the failure remembered for it, without
+// asking upstream or waiting: for explanations.
+func (c *cache) peek(s *slot, now time.Time) (*entry, source, *resolveError) {
+	var err *resolveError
+	if f := s.fail.Load(); f != nil {
+		err = f.err
+	}
+	e := s.good.Load()
+	switch {
+	case e != nil && now.Before(e.expires):
+		return e, srcFresh, nil
+	case c.usable(e, now):
+		return e, srcStale, err
+	}
+	return nil, srcNone, err
+}
+
 // usable reports whether e may still be served, fresh or stale.
 func (c *cache) usable(e *entry, now time.Time) bool {
 	return e != nil && now.Before(e.expires.Add(c.stale))

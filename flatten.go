@@ -6,6 +6,7 @@ package flatten
 import (
 	"context"
 	"math"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -58,6 +59,8 @@ type Flatten struct {
 	zoneAliases *zoneAliases // with zone_alias: the names known to hold ALIAS records
 	cnames      *cnameNames  // `cname NAMES...`
 
+	// explainNets are the clients that may ask for _flatten.NAME TXT; nil without `explain`.
+	explainNets []netip.Prefix
 	// keepHealthy drops the addresses health checks found down; nil without `health_check`.
 	keepHealthy func([]dns.RR) []dns.RR
 	// metadataOn is set once the *metadata* plugin has asked for our values (metadata.go).
@@ -181,6 +184,9 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	}
 
 	if !isAddressQuery(r) {
+		if f.explainNets != nil && isExplainQuery(r) {
+			return f.explain(ctx, w, r)
+		}
 		return plugin.NextOrFailure(f.Name(), f.Next, ctx, w, r)
 	}
 	// strings.ToLower does not allocate when the name is already lower case.

@@ -2,6 +2,7 @@ package flatten
 
 import (
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -95,6 +96,8 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 				err = f.parseServeStale(c)
 			case "refresh_rate":
 				err = f.parseRefreshRate(c)
+			case "explain":
+				err = f.parseExplain(c)
 			case "zone_alias":
 				_, err = args(c, 0)
 				f.zoneAliasOn = true
@@ -392,5 +395,28 @@ func (f *Flatten) parseRefreshRate(c *caddy.Controller) error {
 		return c.Errf("refresh_rate '%s' must be a whole number of queries per second from 1 to %d", a[0], maxRefreshRate)
 	}
 	f.refreshRate = n
+	return nil
+}
+
+// parseExplain reads `explain [CIDR...]`: who may ask for _flatten.NAME TXT. A bare address is
+// that one host; without arguments, this host only (loopback).
+func (f *Flatten) parseExplain(c *caddy.Controller) error {
+	a := c.RemainingArgs()
+	if len(a) == 0 {
+		f.explainNets = defaultExplainNets
+		return nil
+	}
+	f.explainNets = []netip.Prefix{}
+	for _, s := range a {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			ip, aerr := netip.ParseAddr(s)
+			if aerr != nil || ip.Zone() != "" {
+				return c.Errf("explain '%s' is not a CIDR (like 192.0.2.0/24) or an address", s)
+			}
+			p = netip.PrefixFrom(ip, ip.BitLen())
+		}
+		f.explainNets = append(f.explainNets, p.Masked())
+	}
 	return nil
 }

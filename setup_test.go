@@ -1114,3 +1114,57 @@ func TestSetup(t *testing.T) {
 		}
 	}
 }
+
+func TestParseExplain(t *testing.T) {
+	tests := []struct {
+		input       string
+		shouldErr   bool
+		expectedErr string
+		line        int
+		expected    []string // the CIDRs; nil: explain off
+	}{
+		// 0: off by default.
+		{`flatten {
+			alias @ target.example.net.
+		}`, false, "", 0, nil},
+		// 1: loopback only without arguments.
+		{`flatten {
+			alias @ target.example.net.
+			explain
+		}`, false, "", 0, []string{"127.0.0.0/8", "::1/128"}},
+		// 2: CIDRs, masked; a bare address is one host.
+		{`flatten {
+			alias @ target.example.net.
+			explain 10.1.2.3/8 192.0.2.53 2001:db8::/32
+		}`, false, "", 0, []string{"10.0.0.0/8", "192.0.2.53/32", "2001:db8::/32"}},
+		// 3
+		{`flatten {
+			alias @ target.example.net.
+			explain 10.0.0.0/33
+		}`, true, "explain '10.0.0.0/33' is not a CIDR (like 192.0.2.0/24) or an address", 3, nil},
+		// 4
+		{`flatten {
+			alias @ target.example.net.
+			explain everyone
+		}`, true, "explain 'everyone' is not a CIDR", 3, nil},
+		// 5
+		{`flatten {
+			alias @ target.example.net.
+			explain
+			explain 10.0.0.0/8
+		}`, true, "'explain' given more than once", 4, nil},
+	}
+	for i, tc := range tests {
+		f, err := parse(newSetupController(tc.input, nil))
+		if !checkParseErr(t, i, err, tc.shouldErr, tc.expectedErr, tc.line) {
+			continue
+		}
+		var got []string
+		for _, p := range f.explainNets {
+			got = append(got, p.String())
+		}
+		if !slices.Equal(got, tc.expected) || (tc.expected == nil) != (f.explainNets == nil) {
+			t.Errorf("Test %d: explain CIDRs %v, want %v", i, got, tc.expected)
+		}
+	}
+}
