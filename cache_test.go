@@ -414,6 +414,40 @@ func TestCachePinnedBackoffOnFailure(t *testing.T) {
 	}
 }
 
+// TestCachePinnedFailureStandsUntilRetry: after the refresher's retries of a pinned slot have
+// failed long enough for the backoff to pass the 5 s failure memory, a client still does not start
+// a resolution of its own (and wait on it) before the next scheduled retry: an alias's next target
+// answers at once instead.
+func TestCachePinnedFailureStandsUntilRetry(t *testing.T) {
+	clk := newFakeClock()
+	r := newFakeResolver(100)
+	r.set(100, errTimeout("target.example.net."))
+	c := newTestCache(r, clk)
+	s := c.pin(keyA)
+	c.start()
+	defer c.stop()
+	waitFor(t, "startup round", c.ready)
+	// Failures 2, 3 and 4: the backoff is now 8 s.
+	for n, step := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second} {
+		clk.advance(step)
+		c.wake()
+		waitFor(t, fmt.Sprintf("retry %d", n+2), func() bool { return r.count(keyA) == n+2 })
+	}
+	waitFor(t, "the retry to be scheduled", func() bool {
+		c.schedMu.Lock()
+		defer c.schedMu.Unlock()
+		return s.index >= 0
+	})
+	clk.advance(6 * time.Second) // past failureTTL, before the retry at 8 s
+	e, src, err := c.get(context.Background(), s, false)
+	if e != nil || src != srcNone || err == nil || err.reason != reasonTimeout {
+		t.Errorf("get = %v, %v, %v; want nothing, with the remembered timeout", e, src, err)
+	}
+	if n := r.count(keyA); n != 4 {
+		t.Errorf("a client query started a resolution (%d, want 4) before the scheduled retry", n)
+	}
+}
+
 // TestRefreshRatePacesBackgroundQueries: with `refresh_rate`, the startup round of many aliases
 // never sends more upstream questions in any one second than the rate allows, the further hops of
 // a chain included; and every alias still gets resolved. Without pacing, the 80 questions arrive
