@@ -66,6 +66,7 @@ func (f *Flatten) explain(ctx context.Context, w dns.ResponseWriter, r *dns.Msg)
 				lines = append(lines, f.explainTarget(i, t, qtype, now))
 			}
 		}
+		lines = append(lines, f.explainHealth(targets)...)
 	}
 
 	m := new(dns.Msg)
@@ -254,4 +255,43 @@ func txtStrings(s string) []string {
 		s = s[255:]
 	}
 	return append(out, s)
+}
+
+// explainHealth describes, with health checks on, the health of every address the targets
+// resolve to: up, down or not probed yet, and the last failure.
+func (f *Flatten) explainHealth(targets []string) []string {
+	if f.health == nil {
+		return nil
+	}
+	var lines []string
+	seen := map[netip.Addr]bool{}
+	for _, t := range targets {
+		for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
+			s := f.slotOf(t, qtype)
+			if s == nil {
+				continue
+			}
+			e := s.good.Load()
+			if e == nil {
+				continue
+			}
+			for _, rr := range e.chain.addrs {
+				ip, ok := rrAddr(rr)
+				if !ok || seen[ip] {
+					continue
+				}
+				seen[ip] = true
+				h := f.health.status(ip)
+				l := fmt.Sprintf("health=%s state=%s failures=%d", netip.AddrPortFrom(ip, uint16(f.healthPort)), h.state, h.fails)
+				if !h.lastProbe.IsZero() {
+					l += " checked=" + h.lastProbe.UTC().Format(time.RFC3339)
+				}
+				if h.lastErr != "" {
+					l += fmt.Sprintf(" last_error='%s' error_at=%s", h.lastErr, h.lastFail.UTC().Format(time.RFC3339))
+				}
+				lines = append(lines, l)
+			}
+		}
+	}
+	return lines
 }

@@ -15,6 +15,8 @@ const (
 	// defaultHealthInterval is the time between two probes of an address (`health_check tcp
 	// PORT [INTERVAL]`).
 	defaultHealthInterval = 10 * time.Second
+	// minHealthInterval keeps probing from turning into a flood (and lets tests run quickly).
+	minHealthInterval = 100 * time.Millisecond
 	// maxHealthProbes bounds the probes in flight, however many addresses there are: a target
 	// that resolves to hundreds of black-holed addresses must not open hundreds of sockets at once.
 	maxHealthProbes = 32

@@ -1168,3 +1168,84 @@ func TestParseExplain(t *testing.T) {
 		}
 	}
 }
+
+func TestParseHealthCheck(t *testing.T) {
+	tests := []struct {
+		input       string
+		shouldErr   bool
+		expectedErr string
+		line        int
+		port        int
+		interval    time.Duration
+	}{
+		// 0: off by default.
+		{`flatten {
+			alias @ target.example.net.
+		}`, false, "", 0, 0, 0},
+		// 1: default interval.
+		{`flatten {
+			alias @ target.example.net.
+			health_check tcp 443
+		}`, false, "", 0, 443, 10 * time.Second},
+		// 2: before the aliases it probes.
+		{`flatten {
+			health_check tcp 80 30s
+			alias @ target.example.net.
+		}`, false, "", 0, 80, 30 * time.Second},
+		// 3
+		{`flatten {
+			alias @ target.example.net.
+			health_check udp 53
+		}`, true, "health_check 'udp': only 'tcp' (a TCP connect to PORT) is supported", 3, 0, 0},
+		// 4
+		{`flatten {
+			alias @ target.example.net.
+			health_check tcp 65536
+		}`, true, "health_check port '65536' must be a whole number from 1 to 65535", 3, 0, 0},
+		// 5
+		{`flatten {
+			alias @ target.example.net.
+			health_check tcp https
+		}`, true, "health_check port 'https' must be a whole number", 3, 0, 0},
+		// 6
+		{`flatten {
+			alias @ target.example.net.
+			health_check tcp 443 10
+		}`, true, "health_check interval '10' is not a duration", 3, 0, 0},
+		// 7
+		{`flatten {
+			alias @ target.example.net.
+			health_check tcp 443 10ms
+		}`, true, "health_check interval '10ms' must be at least 100ms", 3, 0, 0},
+		// 8
+		{`flatten {
+			alias @ target.example.net.
+			health_check tcp
+		}`, true, "'health_check' takes tcp, a PORT and an optional INTERVAL, got 1 argument(s): [tcp]", 3, 0, 0},
+		// 9
+		{`flatten {
+			alias @ target.example.net.
+			health_check tcp 443 1s 2s
+		}`, true, "'health_check' takes tcp, a PORT and an optional INTERVAL, got 4 argument(s)", 3, 0, 0},
+		// 10: nothing to probe; the error names the health_check line.
+		{`flatten {
+			zone_alias
+			health_check tcp 443
+		}`, true, "health_check probes the addresses of 'alias' targets, and there is no alias", 3, 0, 0},
+		// 11
+		{`flatten {
+			alias @ target.example.net.
+			health_check tcp 443
+			health_check tcp 80
+		}`, true, "'health_check' given more than once", 4, 0, 0},
+	}
+	for i, tc := range tests {
+		f, err := parse(newSetupController(tc.input, nil))
+		if !checkParseErr(t, i, err, tc.shouldErr, tc.expectedErr, tc.line) {
+			continue
+		}
+		if f.healthPort != tc.port || f.healthInterval != tc.interval {
+			t.Errorf("Test %d: health_check %d every %s, want %d every %s", i, f.healthPort, f.healthInterval, tc.port, tc.interval)
+		}
+	}
+}
