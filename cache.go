@@ -580,18 +580,26 @@ func (c *cache) runDue() time.Duration {
 // refreshPinned resolves a pinned slot (joining a flight a client may have started) and puts it
 // back on the schedule: before it expires after a success, with backoff after a failure.
 func (c *cache) refreshPinned(s *slot) {
+	// The resolution's first question waits for its turn here, outside the resolution's timeout;
+	// further hops of a chain wait in the walker.
+	if c.limiter.Wait(c.base) != nil {
+		return // stopping
+	}
+	// Under the slot's lock, so that a client's resolution that ended meanwhile is seen (run
+	// stores the entry before it clears the flight under this lock) and not resolved again.
 	var fl *flight
+	s.mu.Lock()
 	if e := s.good.Load(); e != nil && c.now().Before(e.expires.Add(-c.refreshLead(e))) {
 		// A query resolved it since it was scheduled (at startup, typically): not due yet.
+		s.mu.Unlock()
 		fl = &flight{entry: e}
 	} else {
-		// The resolution's first query waits for its turn here, outside the resolution's
-		// timeout; further hops of a chain wait in the walker (paced).
-		if c.limiter.Wait(c.base) != nil {
-			return // stopping
+		if s.flight == nil {
+			refreshes.WithLabelValues(c.server).Inc()
+			s.flight = c.launch(withPrepaid(c.base), s)
 		}
-		refreshes.WithLabelValues(c.server).Inc()
-		fl = c.join(withPrepaid(c.base), s)
+		fl = s.flight
+		s.mu.Unlock()
 		select {
 		case <-fl.done:
 		case <-c.base.Done():

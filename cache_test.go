@@ -490,8 +490,10 @@ func TestRefreshRatePacesBackgroundQueries(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	// The most questions in any window of one second: at most the rate, plus the one a
-	// token bucket of size 1 lets through at the window's start.
+	// The most questions in any window of one second, as they arrive: at most the rate, plus
+	// the one a token bucket of size 1 lets through at the window's start, plus 10% for the
+	// scheduling jitter between taking a token and the question's arrival (a question sent late
+	// arrives close to the next one). Without pacing all 80 arrive in one burst.
 	most := 0
 	for i := range arrivals {
 		n := 0
@@ -500,8 +502,8 @@ func TestRefreshRatePacesBackgroundQueries(t *testing.T) {
 		}
 		most = max(most, n)
 	}
-	if most > rate+1 {
-		t.Errorf("%d upstream questions in one second, want at most %d (refresh_rate %d)", most, rate+1, rate)
+	if limit := rate + 1 + rate/10; most > limit {
+		t.Errorf("%d upstream questions in one second, want at most %d (refresh_rate %d)", most, limit, rate)
 	}
 	// The paced round resolved everything.
 	checkAddrs(t, query(t, srv, "udp", fmt.Sprintf("a%d.example.org.", aliases-1), dns.TypeA, 0), fmt.Sprintf("a%d.example.org.", aliases-1), "192.0.2.10")
