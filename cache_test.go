@@ -427,17 +427,20 @@ func TestCachePinnedFailureStandsUntilRetry(t *testing.T) {
 	c.start()
 	defer c.stop()
 	waitFor(t, "startup round", c.ready)
-	// Failures 2, 3 and 4: the backoff is now 8 s.
+	scheduled := func() bool {
+		c.schedMu.Lock()
+		defer c.schedMu.Unlock()
+		return s.index >= 0
+	}
+	// Failures 2, 3 and 4: the backoff is now 8 s. The clock moves only once the slot is back on
+	// the schedule, so that each backoff counts from the failure it follows.
 	for n, step := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second} {
+		waitFor(t, "the retry to be scheduled", scheduled)
 		clk.advance(step)
 		c.wake()
 		waitFor(t, fmt.Sprintf("retry %d", n+2), func() bool { return r.count(keyA) == n+2 })
 	}
-	waitFor(t, "the retry to be scheduled", func() bool {
-		c.schedMu.Lock()
-		defer c.schedMu.Unlock()
-		return s.index >= 0
-	})
+	waitFor(t, "the retry to be scheduled", scheduled)
 	clk.advance(6 * time.Second) // past failureTTL, before the retry at 8 s
 	e, src, err := c.get(context.Background(), s, false)
 	if e != nil || src != srcNone || err == nil || err.reason != reasonTimeout {
