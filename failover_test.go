@@ -268,3 +268,34 @@ func healthLoops() int {
 	pprof.Lookup("goroutine").WriteTo(&b, 2)
 	return strings.Count(b.String(), "flatten.(*healthChecker).loop(")
 }
+
+// TestHealthCheckStateSurvivesReload: an address marked down stays out of answers across a
+// reload. Without the handover the new instance would serve it again (never probed, or failed
+// only once, counts as up) until it failed two more probes, here 5 s apart.
+func TestHealthCheckStateSurvivesReload(t *testing.T) {
+	ips := []netip.Addr{lo4(2), lo4(3)}
+	port, ls := sharedPort(t, ips, listenTCP)
+	ls[1].Close()
+	u := newFakeUpstream(t, "primary.agency.test. 60 IN A 127.0.0.2", "primary.agency.test. 60 IN A 127.0.0.3")
+	u.setRecursive()
+	cf := flattenCorefile(exampleZone(t), "alias @ primary.agency.test.", "upstream "+u.Addr,
+		fmt.Sprintf("health_check tcp %d 100ms", port))
+	useFlattenDirective(t)
+	inst, err := caddy.Start(caddy.CaddyfileInput{Filepath: "Corefile", Contents: []byte(cf), ServerTypeName: "dns"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sl := inst.Servers()[0]
+	srv := server{udp: sl.LocalAddr().String(), tcp: sl.Addr().String()}
+	answersWith(t, srv, "127.0.0.2")
+
+	next, err := inst.Restart(caddy.CaddyfileInput{Filepath: "Corefile", ServerTypeName: "dns",
+		Contents: []byte(strings.Replace(cf, " 100ms", " 5s", 1))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stopInstance(t, next)
+	for range 20 {
+		checkAddrs(t, query(t, srv, "udp", "example.org.", dns.TypeA, 0), "example.org.", "127.0.0.2")
+	}
+}

@@ -195,6 +195,7 @@ func (f *Flatten) OnStartup() error {
 		f.cache.start()
 	}
 	if f.health != nil {
+		f.health.adopt(f.cache.identity)
 		f.health.start()
 	}
 	return nil

@@ -86,6 +86,8 @@ type healthChecker struct {
 	now      func() time.Time
 
 	snap atomic.Pointer[healthSnapshot]
+	// identity names the checker a reload replaces (adopt).
+	identity string
 
 	// roundMu serializes rounds: each builds the next snapshot from the one before.
 	roundMu sync.Mutex
@@ -146,6 +148,11 @@ func (h *healthChecker) stop() {
 	}
 	h.cancel()
 	h.wg.Wait()
+	liveCheckers.Lock()
+	if h.identity != "" && liveCheckers.m[h.identity] == h {
+		delete(liveCheckers.m, h.identity)
+	}
+	liveCheckers.Unlock()
 	// Take this checker's addresses out of the gauge: a reloaded instance counts its own.
 	if s := h.snap.Load(); s != nil && s.down > 0 {
 		healthDownAddrs.WithLabelValues(h.server).Sub(float64(s.down))
@@ -356,4 +363,29 @@ func (s *healthSnapshot) isDown(rr dns.RR) bool {
 	// A records unpack as 16-byte IPv4-mapped slices: Unmap makes them the same key as the
 	// addresses the checker was given.
 	return s.addrs[a.Unmap()].state == healthDown
+}
+
+// liveCheckers holds the running checkers by identity. A Corefile reload starts the new instance
+// before it stops the old one; the new checker takes the old one's states, so that an address
+// that is down stays out of answers across a reload instead of being served again until it has
+// failed two more probes.
+var liveCheckers = struct {
+	sync.Mutex
+	m map[string]*healthChecker
+}{m: map[string]*healthChecker{}}
+
+// adopt registers h under identity and takes the states of the checker it replaces, if that one
+// probes the same port. Call it before start.
+func (h *healthChecker) adopt(identity string) {
+	h.identity = identity
+	liveCheckers.Lock()
+	old := liveCheckers.m[identity]
+	liveCheckers.m[identity] = h
+	liveCheckers.Unlock()
+	if old == nil || old == h || old.port != h.port {
+		return
+	}
+	if s := old.snap.Load(); s != nil && h.snap.CompareAndSwap(nil, s) && s.down > 0 {
+		healthDownAddrs.WithLabelValues(h.server).Add(float64(s.down))
+	}
 }
