@@ -294,6 +294,23 @@ func (c *cache) get(ctx context.Context, s *slot, nested bool) (*entry, source, 
 	}
 }
 
+// peek returns what get would answer s with at now, and the failure remembered for it, without
+// asking upstream or waiting: for explanations.
+func (c *cache) peek(s *slot, now time.Time) (*entry, source, *resolveError) {
+	var err *resolveError
+	if f := s.fail.Load(); f != nil {
+		err = f.err
+	}
+	e := s.good.Load()
+	switch {
+	case e != nil && now.Before(e.expires):
+		return e, srcFresh, nil
+	case c.usable(e, now):
+		return e, srcStale, err
+	}
+	return nil, srcNone, err
+}
+
 // usable reports whether e may still be served, fresh or stale.
 func (c *cache) usable(e *entry, now time.Time) bool {
 	return e != nil && now.Before(e.expires.Add(c.stale))
@@ -563,18 +580,26 @@ func (c *cache) runDue() time.Duration {
 // refreshPinned resolves a pinned slot (joining a flight a client may have started) and puts it
 // back on the schedule: before it expires after a success, with backoff after a failure.
 func (c *cache) refreshPinned(s *slot) {
+	// The resolution's first question waits for its turn here, outside the resolution's timeout;
+	// further hops of a chain wait in the walker.
+	if c.limiter.Wait(c.base) != nil {
+		return // stopping
+	}
+	// Under the slot's lock, so that a client's resolution that ended meanwhile is seen (run
+	// stores the entry before it clears the flight under this lock) and not resolved again.
 	var fl *flight
+	s.mu.Lock()
 	if e := s.good.Load(); e != nil && c.now().Before(e.expires.Add(-c.refreshLead(e))) {
 		// A query resolved it since it was scheduled (at startup, typically): not due yet.
+		s.mu.Unlock()
 		fl = &flight{entry: e}
 	} else {
-		// The resolution's first query waits for its turn here, outside the resolution's
-		// timeout; further hops of a chain wait in the walker (paced).
-		if c.limiter.Wait(c.base) != nil {
-			return // stopping
+		if s.flight == nil {
+			refreshes.WithLabelValues(c.server).Inc()
+			s.flight = c.launch(withPrepaid(c.base), s)
 		}
-		refreshes.WithLabelValues(c.server).Inc()
-		fl = c.join(withPrepaid(c.base), s)
+		fl = s.flight
+		s.mu.Unlock()
 		select {
 		case <-fl.done:
 		case <-c.base.Done():

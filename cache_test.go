@@ -414,6 +414,43 @@ func TestCachePinnedBackoffOnFailure(t *testing.T) {
 	}
 }
 
+// TestCachePinnedFailureStandsUntilRetry: after the refresher's retries of a pinned slot have
+// failed long enough for the backoff to pass the 5 s failure memory, a client still does not start
+// a resolution of its own (and wait on it) before the next scheduled retry: an alias's next target
+// answers at once instead.
+func TestCachePinnedFailureStandsUntilRetry(t *testing.T) {
+	clk := newFakeClock()
+	r := newFakeResolver(100)
+	r.set(100, errTimeout("target.example.net."))
+	c := newTestCache(r, clk)
+	s := c.pin(keyA)
+	c.start()
+	defer c.stop()
+	waitFor(t, "startup round", c.ready)
+	scheduled := func() bool {
+		c.schedMu.Lock()
+		defer c.schedMu.Unlock()
+		return s.index >= 0
+	}
+	// Failures 2, 3 and 4: the backoff is now 8 s. The clock moves only once the slot is back on
+	// the schedule, so that each backoff counts from the failure it follows.
+	for n, step := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second} {
+		waitFor(t, "the retry to be scheduled", scheduled)
+		clk.advance(step)
+		c.wake()
+		waitFor(t, fmt.Sprintf("retry %d", n+2), func() bool { return r.count(keyA) == n+2 })
+	}
+	waitFor(t, "the retry to be scheduled", scheduled)
+	clk.advance(6 * time.Second) // past failureTTL, before the retry at 8 s
+	e, src, err := c.get(context.Background(), s, false)
+	if e != nil || src != srcNone || err == nil || err.reason != reasonTimeout {
+		t.Errorf("get = %v, %v, %v; want nothing, with the remembered timeout", e, src, err)
+	}
+	if n := r.count(keyA); n != 4 {
+		t.Errorf("a client query started a resolution (%d, want 4) before the scheduled retry", n)
+	}
+}
+
 // TestRefreshRatePacesBackgroundQueries: with `refresh_rate`, the startup round of many aliases
 // never sends more upstream questions in any one second than the rate allows, the further hops of
 // a chain included; and every alias still gets resolved. Without pacing, the 80 questions arrive
@@ -456,8 +493,10 @@ func TestRefreshRatePacesBackgroundQueries(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	// The most questions in any window of one second: at most the rate, plus the one a
-	// token bucket of size 1 lets through at the window's start.
+	// The most questions in any window of one second, as they arrive: at most the rate, plus
+	// the one a token bucket of size 1 lets through at the window's start, plus 10% for the
+	// scheduling jitter between taking a token and the question's arrival (a question sent late
+	// arrives close to the next one). Without pacing all 80 arrive in one burst.
 	most := 0
 	for i := range arrivals {
 		n := 0
@@ -466,8 +505,8 @@ func TestRefreshRatePacesBackgroundQueries(t *testing.T) {
 		}
 		most = max(most, n)
 	}
-	if most > rate+1 {
-		t.Errorf("%d upstream questions in one second, want at most %d (refresh_rate %d)", most, rate+1, rate)
+	if limit := rate + 1 + rate/10; most > limit {
+		t.Errorf("%d upstream questions in one second, want at most %d (refresh_rate %d)", most, limit, rate)
 	}
 	// The paced round resolved everything.
 	checkAddrs(t, query(t, srv, "udp", fmt.Sprintf("a%d.example.org.", aliases-1), dns.TypeA, 0), fmt.Sprintf("a%d.example.org.", aliases-1), "192.0.2.10")

@@ -1,10 +1,17 @@
 package flatten
 
 import (
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime/pprof"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/coredns/caddy"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -155,4 +162,140 @@ func TestFailoverPrefersFreshBackupOverStalePrimary(t *testing.T) {
 		got := addrs(t, m, "example.org.")
 		return len(got) == 1 && got[0] == "192.0.2.2" && ede(m) == nil
 	})
+}
+
+// healthTargets serves primary.agency.test (127.0.0.2, 127.0.0.3) and backup.agency.test
+// (127.0.0.4), each address with a TCP listener on one shared port, and starts example.org
+// flattened to primary, then backup, with health checks of that port every 100ms.
+func healthTargets(t *testing.T, extra ...string) (server, int, map[string]net.Listener) {
+	t.Helper()
+	ips := []netip.Addr{lo4(2), lo4(3), lo4(4)}
+	port, ls := sharedPort(t, ips, listenTCP)
+	listeners := map[string]net.Listener{}
+	for i, ip := range ips {
+		listeners[ip.String()] = ls[i]
+	}
+	u := newFakeUpstream(t,
+		"primary.agency.test. 60 IN A 127.0.0.2", "primary.agency.test. 60 IN A 127.0.0.3",
+		"backup.agency.test. 60 IN A 127.0.0.4")
+	u.setRecursive()
+	srv := startFailover(t, u, append([]string{fmt.Sprintf("health_check tcp %d 100ms", port)}, extra...)...)
+	return srv, port, listeners
+}
+
+// answersWith waits until example.org A is answered with exactly want.
+func answersWith(t *testing.T, srv server, want ...string) {
+	t.Helper()
+	slices.Sort(want)
+	var got []string
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if got = addrs(t, query(t, srv, "udp", "example.org.", dns.TypeA, 0), "example.org."); slices.Equal(got, want) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("answer %v, want %v", got, want)
+}
+
+func TestHealthCheckDropsDownAddressesAndFailsOpen(t *testing.T) {
+	srv, port, ls := healthTargets(t, "explain")
+	answersWith(t, srv, "127.0.0.2", "127.0.0.3")
+
+	// One of the primary's addresses stops listening: it is dropped after two failed probes.
+	ls["127.0.0.3"].Close()
+	answersWith(t, srv, "127.0.0.2")
+	wantLines(t, explainLines(t, srv, "example.org."),
+		fmt.Sprintf("health=127.0.0.3:%d state=down failures=", port),
+		fmt.Sprintf("health=127.0.0.2:%d state=up failures=0", port),
+		"last_error='dial tcp 127.0.0.3:",
+	)
+
+	// None of the primary's addresses is healthy: the backup answers.
+	ls["127.0.0.2"].Close()
+	answersWith(t, srv, "127.0.0.4")
+
+	// Nothing is healthy anywhere: fail open, with the first target's addresses.
+	ls["127.0.0.4"].Close()
+	answersWith(t, srv, "127.0.0.2", "127.0.0.3")
+
+	// Back up after one good probe.
+	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.3:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	answersWith(t, srv, "127.0.0.3")
+}
+
+func TestHealthCheckNoProbeSurvivesReload(t *testing.T) {
+	ips := []netip.Addr{lo4(2)}
+	port, _ := sharedPort(t, ips, listenTCP)
+	u := newFakeUpstream(t, "primary.agency.test. 60 IN A 127.0.0.2")
+	u.setRecursive()
+	before := healthLoops()
+	cf := flattenCorefile(exampleZone(t), "alias @ primary.agency.test.", "upstream "+u.Addr,
+		fmt.Sprintf("health_check tcp %d 100ms", port))
+	// Not startCoreDNS: after a restart the first instance is gone, and its cleanup must not
+	// shut it down a second time.
+	useFlattenDirective(t)
+	inst, err := caddy.Start(caddy.CaddyfileInput{Filepath: "Corefile", Contents: []byte(cf), ServerTypeName: "dns"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the health checker", func() bool { return healthLoops()-before == 1 })
+	for i := range 3 {
+		next, err := inst.Restart(caddy.CaddyfileInput{Filepath: "Corefile", Contents: []byte(cf), ServerTypeName: "dns"})
+		if err != nil {
+			t.Fatalf("reload %d: %v", i, err)
+		}
+		inst = next
+		// The old instance's checker has stopped when Restart returns (OnShutdown waits for it).
+		if n := healthLoops() - before; n > 1 {
+			t.Errorf("after reload %d: %d health checkers running, want 1", i+1, n)
+		}
+		waitFor(t, "the new instance's health checker", func() bool { return healthLoops()-before == 1 })
+	}
+	stopInstance(t, inst)
+	if n := healthLoops() - before; n != 0 {
+		t.Errorf("after shutdown: %d health checkers running, want 0", n)
+	}
+}
+
+// healthLoops counts the health checkers' background loops.
+func healthLoops() int {
+	var b strings.Builder
+	pprof.Lookup("goroutine").WriteTo(&b, 2)
+	return strings.Count(b.String(), "flatten.(*healthChecker).loop(")
+}
+
+// TestHealthCheckStateSurvivesReload: an address marked down stays out of answers across a
+// reload. Without the handover the new instance would serve it again (never probed, or failed
+// only once, counts as up) until it failed two more probes, here 5 s apart.
+func TestHealthCheckStateSurvivesReload(t *testing.T) {
+	ips := []netip.Addr{lo4(2), lo4(3)}
+	port, ls := sharedPort(t, ips, listenTCP)
+	ls[1].Close()
+	u := newFakeUpstream(t, "primary.agency.test. 60 IN A 127.0.0.2", "primary.agency.test. 60 IN A 127.0.0.3")
+	u.setRecursive()
+	cf := flattenCorefile(exampleZone(t), "alias @ primary.agency.test.", "upstream "+u.Addr,
+		fmt.Sprintf("health_check tcp %d 100ms", port))
+	useFlattenDirective(t)
+	inst, err := caddy.Start(caddy.CaddyfileInput{Filepath: "Corefile", Contents: []byte(cf), ServerTypeName: "dns"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sl := inst.Servers()[0]
+	srv := server{udp: sl.LocalAddr().String(), tcp: sl.Addr().String()}
+	answersWith(t, srv, "127.0.0.2")
+
+	next, err := inst.Restart(caddy.CaddyfileInput{Filepath: "Corefile", ServerTypeName: "dns",
+		Contents: []byte(strings.Replace(cf, " 100ms", " 5s", 1))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stopInstance(t, next)
+	for range 20 {
+		checkAddrs(t, query(t, srv, "udp", "example.org.", dns.TypeA, 0), "example.org.", "127.0.0.2")
+	}
 }

@@ -6,6 +6,7 @@ package flatten
 import (
 	"context"
 	"math"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -58,6 +59,13 @@ type Flatten struct {
 	zoneAliases *zoneAliases // with zone_alias: the names known to hold ALIAS records
 	cnames      *cnameNames  // `cname NAMES...`
 
+	// explainNets are the clients that may ask for _flatten.NAME TXT; nil without `explain`.
+	explainNets []netip.Prefix
+	// `health_check tcp PORT INTERVAL`: healthPort 0 is off.
+	healthPort     int
+	healthInterval time.Duration
+	healthLine     int
+	health         *healthChecker
 	// keepHealthy drops the addresses health checks found down; nil without `health_check`.
 	keepHealthy func([]dns.RR) []dns.RR
 	// metadataOn is set once the *metadata* plugin has asked for our values (metadata.go).
@@ -110,6 +118,46 @@ func (f *Flatten) prepare(server string) {
 	if f.zoneAliasOn {
 		f.zoneAliases = newZoneAliases(f.capacity)
 	}
+	if f.healthPort != 0 {
+		f.health = newHealthChecker(f.healthPort, f.healthInterval, f.aliasAddrs, server)
+		f.keepHealthy = f.health.filter
+	}
+}
+
+// aliasAddrs returns the addresses the configured aliases' targets resolve to, fresh or stale:
+// what health checks probe. It reads the cache's entries without locks (they are atomic), so
+// the prober may call it while queries are served.
+func (f *Flatten) aliasAddrs() []netip.Addr {
+	var out []netip.Addr
+	for _, a := range f.aliases {
+		for _, slots := range a.slots {
+			for _, s := range slots {
+				e := s.good.Load()
+				if e == nil {
+					continue
+				}
+				for _, rr := range e.chain.addrs {
+					if ip, ok := rrAddr(rr); ok {
+						out = append(out, ip)
+					}
+				}
+			}
+		}
+	}
+	return out
+}
+
+// rrAddr is the address of an A or AAAA record.
+func rrAddr(rr dns.RR) (netip.Addr, bool) {
+	var ip netip.Addr
+	var ok bool
+	switch v := rr.(type) {
+	case *dns.A:
+		ip, ok = netip.AddrFromSlice(v.A)
+	case *dns.AAAA:
+		ip, ok = netip.AddrFromSlice(v.AAAA)
+	}
+	return ip.Unmap(), ok
 }
 
 // initCache makes the cache in front of resolve and pins a slot per alias and address type.
@@ -146,12 +194,19 @@ func (f *Flatten) OnStartup() error {
 	if f.self == nil {
 		f.cache.start()
 	}
+	if f.health != nil {
+		f.health.adopt(f.cache.identity)
+		f.health.start()
+	}
 	return nil
 }
 
 // OnShutdown stops all background work of this instance; it runs on shutdown and when the
 // *reload* plugin replaces the instance.
 func (f *Flatten) OnShutdown() error {
+	if f.health != nil {
+		f.health.stop()
+	}
 	f.cache.stop()
 	if f.proxies != nil {
 		f.proxies.stop()
@@ -181,6 +236,9 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	}
 
 	if !isAddressQuery(r) {
+		if f.explainNets != nil && isExplainQuery(r) {
+			return f.explain(ctx, w, r)
+		}
 		return plugin.NextOrFailure(f.Name(), f.Next, ctx, w, r)
 	}
 	// strings.ToLower does not allocate when the name is already lower case.

@@ -104,7 +104,9 @@ func TestAgencyChainRecursiveUpstream(t *testing.T) {
 func TestOtherTypesAtNameUnchanged(t *testing.T) {
 	u := newFakeUpstream(t, agencyRecords...)
 	addr := startFlatten(t, u, exampleZone(t, "@ 3600 IN CAA 0 issue \"ca.example.net\""))
-	waitFor(t, "startup resolution", func() bool { return u.count("server1.agency.test.", dns.TypeAAAA) == 1 })
+	waitFor(t, "startup resolution", func() bool {
+		return u.count("server1.agency.test.", dns.TypeA) == 1 && u.count("server1.agency.test.", dns.TypeAAAA) == 1
+	})
 	before := u.total()
 
 	want := map[uint16]string{

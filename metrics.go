@@ -103,6 +103,22 @@ var (
 		Name:      "refreshes_total",
 		Help:      "Counter of background refreshes of cache entries.",
 	}, []string{"server"})
+
+	// healthProbes counts health check probes by result: "up" (connected) or "down" (failed).
+	healthProbes = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "flatten",
+		Name:      "health_probes_total",
+		Help:      "Counter of health check probes of target addresses, by result.",
+	}, []string{"server", "result"})
+
+	// healthDownAddrs is the number of addresses marked down, which answers leave out.
+	healthDownAddrs = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "flatten",
+		Name:      "health_down_addresses",
+		Help:      "The number of target addresses marked down by health checks.",
+	}, []string{"server"})
 )
 
 // serverLabel is the `server` label: the listener a query came through, or for background work

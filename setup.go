@@ -1,7 +1,9 @@
 package flatten
 
 import (
+	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -95,6 +97,10 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 				err = f.parseServeStale(c)
 			case "refresh_rate":
 				err = f.parseRefreshRate(c)
+			case "explain":
+				err = f.parseExplain(c)
+			case "health_check":
+				err = f.parseHealthCheck(c)
 			case "zone_alias":
 				_, err = args(c, 0)
 				f.zoneAliasOn = true
@@ -107,6 +113,10 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 				return nil, err
 			}
 		}
+	}
+	if f.healthPort != 0 && len(f.aliases) == 0 {
+		return nil, fmt.Errorf("%s:%d - Error during parsing: health_check probes the addresses of 'alias' targets, and there is no alias",
+			c.File(), f.healthLine)
 	}
 	if len(f.aliases) == 0 && !f.zoneAliasOn && f.cnames.empty() {
 		return nil, c.Errf("nothing to flatten: give at least one 'alias NAME TARGET', 'zone_alias' or 'cname NAMES...'")
@@ -392,5 +402,56 @@ func (f *Flatten) parseRefreshRate(c *caddy.Controller) error {
 		return c.Errf("refresh_rate '%s' must be a whole number of queries per second from 1 to %d", a[0], maxRefreshRate)
 	}
 	f.refreshRate = n
+	return nil
+}
+
+// parseExplain reads `explain [CIDR...]`: who may ask for _flatten.NAME TXT. A bare address is
+// that one host; without arguments, this host only (loopback).
+func (f *Flatten) parseExplain(c *caddy.Controller) error {
+	a := c.RemainingArgs()
+	if len(a) == 0 {
+		f.explainNets = defaultExplainNets
+		return nil
+	}
+	f.explainNets = []netip.Prefix{}
+	for _, s := range a {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			ip, aerr := netip.ParseAddr(s)
+			if aerr != nil || ip.Zone() != "" {
+				return c.Errf("explain '%s' is not a CIDR (like 192.0.2.0/24) or an address", s)
+			}
+			p = netip.PrefixFrom(ip, ip.BitLen())
+		}
+		f.explainNets = append(f.explainNets, p.Masked())
+	}
+	return nil
+}
+
+// parseHealthCheck reads `health_check tcp PORT [INTERVAL]`.
+func (f *Flatten) parseHealthCheck(c *caddy.Controller) error {
+	a := c.RemainingArgs()
+	if len(a) < 2 || len(a) > 3 {
+		return c.Errf("'health_check' takes tcp, a PORT and an optional INTERVAL, got %d argument(s): %v", len(a), a)
+	}
+	if a[0] != "tcp" {
+		return c.Errf("health_check '%s': only 'tcp' (a TCP connect to PORT) is supported", a[0])
+	}
+	port, err := strconv.Atoi(a[1])
+	if err != nil || port < 1 || port > 65535 {
+		return c.Errf("health_check port '%s' must be a whole number from 1 to 65535", a[1])
+	}
+	f.healthPort, f.healthInterval = port, defaultHealthInterval
+	if len(a) == 3 {
+		d, err := time.ParseDuration(a[2])
+		if err != nil {
+			return c.Errf("health_check interval '%s' is not a duration (like 10s): %v", a[2], err)
+		}
+		if d < minHealthInterval {
+			return c.Errf("health_check interval '%s' must be at least %s", a[2], minHealthInterval)
+		}
+		f.healthInterval = d
+	}
+	f.healthLine = c.Line() // for the check at the end of the block, once every alias is read
 	return nil
 }

@@ -1114,3 +1114,138 @@ func TestSetup(t *testing.T) {
 		}
 	}
 }
+
+func TestParseExplain(t *testing.T) {
+	tests := []struct {
+		input       string
+		shouldErr   bool
+		expectedErr string
+		line        int
+		expected    []string // the CIDRs; nil: explain off
+	}{
+		// 0: off by default.
+		{`flatten {
+			alias @ target.example.net.
+		}`, false, "", 0, nil},
+		// 1: loopback only without arguments.
+		{`flatten {
+			alias @ target.example.net.
+			explain
+		}`, false, "", 0, []string{"127.0.0.0/8", "::1/128"}},
+		// 2: CIDRs, masked; a bare address is one host.
+		{`flatten {
+			alias @ target.example.net.
+			explain 10.1.2.3/8 192.0.2.53 2001:db8::/32
+		}`, false, "", 0, []string{"10.0.0.0/8", "192.0.2.53/32", "2001:db8::/32"}},
+		// 3
+		{`flatten {
+			alias @ target.example.net.
+			explain 10.0.0.0/33
+		}`, true, "explain '10.0.0.0/33' is not a CIDR (like 192.0.2.0/24) or an address", 3, nil},
+		// 4
+		{`flatten {
+			alias @ target.example.net.
+			explain everyone
+		}`, true, "explain 'everyone' is not a CIDR", 3, nil},
+		// 5
+		{`flatten {
+			alias @ target.example.net.
+			explain
+			explain 10.0.0.0/8
+		}`, true, "'explain' given more than once", 4, nil},
+	}
+	for i, tc := range tests {
+		f, err := parse(newSetupController(tc.input, nil))
+		if !checkParseErr(t, i, err, tc.shouldErr, tc.expectedErr, tc.line) {
+			continue
+		}
+		var got []string
+		for _, p := range f.explainNets {
+			got = append(got, p.String())
+		}
+		if !slices.Equal(got, tc.expected) || (tc.expected == nil) != (f.explainNets == nil) {
+			t.Errorf("Test %d: explain CIDRs %v, want %v", i, got, tc.expected)
+		}
+	}
+}
+
+func TestParseHealthCheck(t *testing.T) {
+	tests := []struct {
+		input       string
+		shouldErr   bool
+		expectedErr string
+		line        int
+		port        int
+		interval    time.Duration
+	}{
+		// 0: off by default.
+		{`flatten {
+			alias @ target.example.net.
+		}`, false, "", 0, 0, 0},
+		// 1: default interval.
+		{`flatten {
+			alias @ target.example.net.
+			health_check tcp 443
+		}`, false, "", 0, 443, 10 * time.Second},
+		// 2: before the aliases it probes.
+		{`flatten {
+			health_check tcp 80 30s
+			alias @ target.example.net.
+		}`, false, "", 0, 80, 30 * time.Second},
+		// 3
+		{`flatten {
+			alias @ target.example.net.
+			health_check udp 53
+		}`, true, "health_check 'udp': only 'tcp' (a TCP connect to PORT) is supported", 3, 0, 0},
+		// 4
+		{`flatten {
+			alias @ target.example.net.
+			health_check tcp 65536
+		}`, true, "health_check port '65536' must be a whole number from 1 to 65535", 3, 0, 0},
+		// 5
+		{`flatten {
+			alias @ target.example.net.
+			health_check tcp https
+		}`, true, "health_check port 'https' must be a whole number", 3, 0, 0},
+		// 6
+		{`flatten {
+			alias @ target.example.net.
+			health_check tcp 443 10
+		}`, true, "health_check interval '10' is not a duration", 3, 0, 0},
+		// 7
+		{`flatten {
+			alias @ target.example.net.
+			health_check tcp 443 10ms
+		}`, true, "health_check interval '10ms' must be at least 100ms", 3, 0, 0},
+		// 8
+		{`flatten {
+			alias @ target.example.net.
+			health_check tcp
+		}`, true, "'health_check' takes tcp, a PORT and an optional INTERVAL, got 1 argument(s): [tcp]", 3, 0, 0},
+		// 9
+		{`flatten {
+			alias @ target.example.net.
+			health_check tcp 443 1s 2s
+		}`, true, "'health_check' takes tcp, a PORT and an optional INTERVAL, got 4 argument(s)", 3, 0, 0},
+		// 10: nothing to probe; the error names the health_check line.
+		{`flatten {
+			zone_alias
+			health_check tcp 443
+		}`, true, "health_check probes the addresses of 'alias' targets, and there is no alias", 3, 0, 0},
+		// 11
+		{`flatten {
+			alias @ target.example.net.
+			health_check tcp 443
+			health_check tcp 80
+		}`, true, "'health_check' given more than once", 4, 0, 0},
+	}
+	for i, tc := range tests {
+		f, err := parse(newSetupController(tc.input, nil))
+		if !checkParseErr(t, i, err, tc.shouldErr, tc.expectedErr, tc.line) {
+			continue
+		}
+		if f.healthPort != tc.port || f.healthInterval != tc.interval {
+			t.Errorf("Test %d: health_check %d every %s, want %d every %s", i, f.healthPort, f.healthInterval, tc.port, tc.interval)
+		}
+	}
+}

@@ -1,0 +1,297 @@
+package flatten
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/coredns/coredns/plugin"
+
+	"github.com/miekg/dns"
+)
+
+// explainPrefix is the label that asks for an explanation: a TXT query for _flatten.NAME.
+const explainPrefix = "_flatten."
+
+// defaultExplainNets is who may ask without a CIDR list: this host only. An explanation names
+// targets and upstream errors, which are nobody else's business by default.
+var defaultExplainNets = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+
+// isExplainQuery reports a TXT question for _flatten.NAME.
+func isExplainQuery(r *dns.Msg) bool {
+	if r.Opcode != dns.OpcodeQuery || len(r.Question) != 1 {
+		return false
+	}
+	q := r.Question[0]
+	return q.Qtype == dns.TypeTXT && q.Qclass == dns.ClassINET && len(q.Name) > len(explainPrefix) &&
+		strings.EqualFold(q.Name[:len(explainPrefix)], explainPrefix)
+}
+
+// explain answers a TXT query for _flatten.NAME with what flatten does for NAME: what it follows,
+// what a query gets now and why, from what the cache knows. It never asks upstream: an
+// explanation must not change what it explains. Clients outside the explain CIDRs are REFUSED.
+func (f *Flatten) explain(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
+	name := strings.ToLower(r.Question[0].Name[len(explainPrefix):])
+	zone := plugin.Zones(f.Zones).Matches(name)
+	if zone == "" {
+		return plugin.NextOrFailure(f.Name(), f.Next, ctx, w, r)
+	}
+	if !f.mayExplain(w.RemoteAddr()) {
+		m := new(dns.Msg)
+		m.SetRcode(r, dns.RcodeRefused)
+		if r.IsEdns0() != nil {
+			addEDE(m, dns.ExtendedErrorCodeProhibited, "explain is not allowed from this address")
+		}
+		w.WriteMsg(m)
+		return dns.RcodeSuccess, nil
+	}
+
+	var lines []string
+	targets, kind, via := f.explainTargets(ctx, w, r, name)
+	if len(targets) == 0 {
+		lines = append(lines, name+" is not flattened here")
+	} else {
+		head := fmt.Sprintf("name=%s by=%s targets=%s", name, kind, strings.Join(targets, ","))
+		if via != "" {
+			head += " via=" + via
+		}
+		lines = append(lines, head)
+		now := f.cache.now()
+		for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
+			lines = append(lines, f.explainAnswer(ctx, w, r, name, qtype, targets, now))
+			for i, t := range targets {
+				lines = append(lines, f.explainTarget(i, t, qtype, now))
+			}
+		}
+		lines = append(lines, f.explainHealth(targets)...)
+	}
+
+	m := new(dns.Msg)
+	m.SetReply(r)
+	m.Authoritative = true
+	for _, l := range lines {
+		// TTL 0: an explanation is about this moment and must not be cached (RFC 1035 3.2.1).
+		m.Answer = append(m.Answer, &dns.TXT{
+			Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET},
+			Txt: txtStrings(l),
+		})
+	}
+	w.WriteMsg(m)
+	return dns.RcodeSuccess, nil
+}
+
+// mayExplain reports whether the client at addr is inside the explain CIDRs.
+func (f *Flatten) mayExplain(addr net.Addr) bool {
+	var ip netip.Addr
+	switch a := addr.(type) {
+	case *net.UDPAddr:
+		ip, _ = netip.AddrFromSlice(a.IP)
+	case *net.TCPAddr:
+		ip, _ = netip.AddrFromSlice(a.IP)
+	}
+	ip = ip.Unmap()
+	for _, p := range f.explainNets {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// explainTargets returns the targets NAME follows, how it comes to follow them (alias,
+// zone_alias, cname) and, for cname, the chain inside the zone that leads to them.
+func (f *Flatten) explainTargets(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, name string) ([]string, string, string) {
+	if a := f.aliases[name]; a != nil {
+		return a.targets, "alias", ""
+	}
+	if f.zoneAliases != nil {
+		if za := f.zoneAliasFor(ctx, w, r, name); za.target != "" {
+			return []string{za.target}, "zone_alias", ""
+		}
+	}
+	if !f.cnames.match(name) {
+		return nil, "", ""
+	}
+	m, _, _ := f.askNext(ctx, w, r, name, dns.TypeA)
+	if m == nil {
+		return nil, "", ""
+	}
+	c := &chain{}
+	end, err := follow(m, name, dns.TypeA, c, map[string]bool{name: true}, f.maxDepth)
+	if err != nil || len(c.hops) == 0 || len(c.addrs) > 0 {
+		return nil, "", "" // not a chain, or one the zone answers itself
+	}
+	via := chainString(name, c)
+	if a := f.aliases[end]; a != nil {
+		return a.targets, "cname", via
+	}
+	if plugin.Zones(f.Zones).Matches(end) != "" {
+		return nil, "", ""
+	}
+	return []string{end}, "cname", via
+}
+
+// slotOf returns the slot of target for qtype if the cache has one, without making one.
+func (f *Flatten) slotOf(target string, qtype uint16) *slot {
+	f.cache.mu.RLock()
+	defer f.cache.mu.RUnlock()
+	return f.cache.slots[cacheKey{name: target, qtype: qtype}]
+}
+
+// explainAnswer says what a query for qtype gets now, ranked as flatten ranks it, but from the
+// cache alone.
+func (f *Flatten) explainAnswer(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, name string, qtype uint16, targets []string, now time.Time) string {
+	var pk picker
+	for i, t := range targets {
+		s := f.slotOf(t, qtype)
+		if s == nil {
+			continue
+		}
+		e, src, err := f.cache.peek(s, now)
+		pk.add(i, e, src, err, f.keepHealthy)
+	}
+	typ := dns.TypeToString[qtype]
+	c := pk.best()
+	if c.e == nil {
+		q := r.Copy()
+		q.Question[0] = dns.Question{Name: name, Qtype: qtype, Qclass: dns.ClassINET}
+		if rrs := f.zoneAddrs(ctx, w, q); len(rrs) > 0 {
+			return fmt.Sprintf("type=%s answer=fallback addrs=%s", typ, addrList(rrs))
+		}
+		errText := "not resolved yet"
+		if pk.err != nil {
+			errText = pk.err.text
+		}
+		return fmt.Sprintf("type=%s answer=servfail error='%s'", typ, errText)
+	}
+	ttl := f.cache.ttl(c.e, c.src, now)
+	if c.e.chain.negative() {
+		return fmt.Sprintf("type=%s answer=nodata source=%s target=%s ttl=%d", typ, c.src, targets[c.i], ttl)
+	}
+	return fmt.Sprintf("type=%s answer=%s target=%s ttl=%d addrs=%s", typ, c.src, targets[c.i], ttl, addrList(c.addrs))
+}
+
+// explainTarget describes what the cache knows of one target and type: its state, when it was
+// last resolved, the chain with each hop's TTL, the addresses and the last error.
+func (f *Flatten) explainTarget(i int, target string, qtype uint16, now time.Time) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "target=%d:%s type=%s", i+1, target, dns.TypeToString[qtype])
+	s := f.slotOf(target, qtype)
+	if s == nil {
+		b.WriteString(" state=unknown")
+		return b.String()
+	}
+	e, src, _ := f.cache.peek(s, now)
+	switch {
+	case src == srcFresh:
+		b.WriteString(" state=fresh")
+	case src == srcStale:
+		b.WriteString(" state=stale")
+	case e == nil && s.good.Load() == nil:
+		b.WriteString(" state=unresolved")
+	default:
+		b.WriteString(" state=expired")
+	}
+	if e = s.good.Load(); e != nil {
+		fmt.Fprintf(&b, " refreshed=%s age=%s expires_in=%s chain=%s",
+			e.fetched.UTC().Format(time.RFC3339), now.Sub(e.fetched).Truncate(time.Second),
+			e.expires.Sub(now).Truncate(time.Second), hopList(target, qtype, e.chain))
+		if e.chain.negative() {
+			if e.chain.nxdomain {
+				b.WriteString(" result=nxdomain")
+			} else {
+				b.WriteString(" result=nodata")
+			}
+		} else {
+			fmt.Fprintf(&b, " addrs=%s", addrList(e.chain.addrs))
+		}
+	}
+	if fl := s.fail.Load(); fl != nil {
+		fmt.Fprintf(&b, " last_error='%s' error_at=%s", fl.err.text, fl.at.UTC().Format(time.RFC3339))
+	}
+	return b.String()
+}
+
+// hopList spells a chain with each record's TTL: a.example.(CNAME 300)>b.example.(A 60).
+func hopList(target string, qtype uint16, c *chain) string {
+	var b strings.Builder
+	for _, h := range c.hops {
+		fmt.Fprintf(&b, "%s(%s %d)>", h.owner, dns.TypeToString[h.rrtype], h.ttl)
+	}
+	last := target
+	if n := len(c.hops); n > 0 {
+		last = c.hops[n-1].target
+	}
+	if len(c.addrs) > 0 {
+		fmt.Fprintf(&b, "%s(%s %d)", last, dns.TypeToString[qtype], ttlOf(c.addrs[0]))
+	} else {
+		b.WriteString(last)
+	}
+	return b.String()
+}
+
+// addrList is the addresses of rrs, comma-separated.
+func addrList(rrs []dns.RR) string {
+	out := make([]string, 0, len(rrs))
+	for _, rr := range rrs {
+		switch v := rr.(type) {
+		case *dns.A:
+			out = append(out, v.A.String())
+		case *dns.AAAA:
+			out = append(out, v.AAAA.String())
+		}
+	}
+	return strings.Join(out, ",")
+}
+
+// txtStrings splits s into the 255-octet character-strings a TXT record holds (RFC 1035 3.3.14).
+func txtStrings(s string) []string {
+	var out []string
+	for len(s) > 255 {
+		out = append(out, s[:255])
+		s = s[255:]
+	}
+	return append(out, s)
+}
+
+// explainHealth describes, with health checks on, the health of every address the targets
+// resolve to: up, down or not probed yet, and the last failure.
+func (f *Flatten) explainHealth(targets []string) []string {
+	if f.health == nil {
+		return nil
+	}
+	var lines []string
+	seen := map[netip.Addr]bool{}
+	for _, t := range targets {
+		for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
+			s := f.slotOf(t, qtype)
+			if s == nil {
+				continue
+			}
+			e := s.good.Load()
+			if e == nil {
+				continue
+			}
+			for _, rr := range e.chain.addrs {
+				ip, ok := rrAddr(rr)
+				if !ok || seen[ip] {
+					continue
+				}
+				seen[ip] = true
+				h := f.health.status(ip)
+				l := fmt.Sprintf("health=%s state=%s failures=%d", netip.AddrPortFrom(ip, uint16(f.healthPort)), h.state, h.fails)
+				if !h.lastProbe.IsZero() {
+					l += " checked=" + h.lastProbe.UTC().Format(time.RFC3339)
+				}
+				if h.lastErr != "" {
+					l += fmt.Sprintf(" last_error='%s' error_at=%s", h.lastErr, h.lastFail.UTC().Format(time.RFC3339))
+				}
+				lines = append(lines, l)
+			}
+		}
+	}
+	return lines
+}

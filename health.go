@@ -1,0 +1,391 @@
+package flatten
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+const (
+	// defaultHealthInterval is the time between two probes of an address (`health_check tcp
+	// PORT [INTERVAL]`).
+	defaultHealthInterval = 10 * time.Second
+	// minHealthInterval keeps probing from turning into a flood (and lets tests run quickly).
+	minHealthInterval = 100 * time.Millisecond
+	// maxHealthProbes bounds the probes in flight, however many addresses there are: a target
+	// that resolves to hundreds of black-holed addresses must not open hundreds of sockets at once.
+	maxHealthProbes = 32
+	// downAfter is the number of failed probes in a row that mark an address down, so that one
+	// lost SYN does not drop a working address from answers; one success marks it up again.
+	downAfter = 2
+	// minProbeTimeout and maxProbeTimeout bound the time a probe waits for its connection.
+	// A handshake with a working server takes a few round trips; 5 s is already generous
+	// for any of them, and a longer wait would only delay marking a black hole down.
+	minProbeTimeout = 100 * time.Millisecond
+	maxProbeTimeout = 5 * time.Second
+)
+
+// probeTimeout is the time a probe waits for its connection: a quarter of the interval, so that
+// a round of up to maxHealthProbes black-holed addresses ends well before the next one is due.
+func probeTimeout(interval time.Duration) time.Duration {
+	return min(max(interval/4, minProbeTimeout), maxProbeTimeout)
+}
+
+// healthState is what the probes say of an address.
+type healthState uint8
+
+const (
+	healthUnknown healthState = iota // never succeeded nor failed downAfter times: usable
+	healthUp
+	healthDown
+)
+
+func (s healthState) String() string {
+	switch s {
+	case healthUp:
+		return "up"
+	case healthDown:
+		return "down"
+	}
+	return "unknown"
+}
+
+// addrHealth is what is known about one address. Values are copied, never shared.
+type addrHealth struct {
+	state     healthState
+	fails     int       // failed probes in a row
+	lastProbe time.Time // when the last probe ended; zero if never probed
+	lastErr   string    // the error of the last failed probe, kept after a success so it can be explained
+	lastFail  time.Time // when that failure happened
+}
+
+// healthSnapshot is the state of every listed address after a round. It is never modified once
+// published, so the answer path reads it without a lock.
+type healthSnapshot struct {
+	addrs map[netip.Addr]addrHealth
+	down  int // addresses in state down
+}
+
+// dialFunc opens a connection; net.Dialer.DialContext in production.
+type dialFunc func(ctx context.Context, network, address string) (net.Conn, error)
+
+// healthChecker probes addresses with a TCP connect to one port, in the background only: queries
+// read the result of the last round and never wait for a probe.
+type healthChecker struct {
+	port     uint16
+	interval time.Duration
+	timeout  time.Duration
+	addrs    func() []netip.Addr // the addresses to probe, asked once per round
+	server   string              // metrics label
+	dial     dialFunc
+	now      func() time.Time
+
+	snap atomic.Pointer[healthSnapshot]
+	// identity names the checker a reload replaces (adopt).
+	identity string
+
+	// roundMu serializes rounds: each builds the next snapshot from the one before.
+	roundMu sync.Mutex
+
+	base   context.Context // cancelled by stop: ends the loop and every dial in flight
+	cancel context.CancelFunc
+
+	// life orders the start of work against stop, so that nothing is added to wg once stop
+	// waits (a test or a late tick may start a round while stop runs).
+	life    sync.Mutex
+	wg      sync.WaitGroup
+	started bool
+	stopped bool
+}
+
+// newHealthChecker returns a checker that, once started, connects to every address addrs returns
+// on TCP port every interval. server is the metrics label.
+func newHealthChecker(port int, interval time.Duration, addrs func() []netip.Addr, server string) *healthChecker {
+	if interval <= 0 {
+		interval = defaultHealthInterval
+	}
+	base, cancel := context.WithCancel(context.Background())
+	return &healthChecker{
+		port:     uint16(port), // setup checks that PORT is in 1-65535
+		interval: interval,
+		timeout:  probeTimeout(interval),
+		addrs:    addrs,
+		server:   server,
+		dial:     (&net.Dialer{}).DialContext,
+		now:      time.Now,
+		base:     base,
+		cancel:   cancel,
+	}
+}
+
+// start starts the background prober: a round now, then one every interval. Calling it again,
+// or after stop, does nothing.
+func (h *healthChecker) start() {
+	h.life.Lock()
+	defer h.life.Unlock()
+	if h.started || h.stopped {
+		return
+	}
+	h.started = true
+	h.wg.Add(1)
+	go h.loop()
+}
+
+// stop stops the prober, cancels the probes in flight and waits until every goroutine of this
+// checker has ended. It may be called more than once, and without start.
+func (h *healthChecker) stop() {
+	h.life.Lock()
+	already := h.stopped
+	h.stopped = true
+	h.life.Unlock()
+	if already {
+		return
+	}
+	h.cancel()
+	h.wg.Wait()
+	liveCheckers.Lock()
+	if h.identity != "" && liveCheckers.m[h.identity] == h {
+		delete(liveCheckers.m, h.identity)
+	}
+	liveCheckers.Unlock()
+	// Take this checker's addresses out of the gauge: a reloaded instance counts its own.
+	if s := h.snap.Load(); s != nil && s.down > 0 {
+		healthDownAddrs.WithLabelValues(h.server).Sub(float64(s.down))
+	}
+}
+
+// loop runs a round at start, so that states are known soon, then one every interval.
+func (h *healthChecker) loop() {
+	defer h.wg.Done()
+	t := time.NewTicker(h.interval)
+	defer t.Stop()
+	for {
+		h.probeRound(h.base)
+		// A round longer than the interval makes the ticker drop ticks: rounds never overlap.
+		select {
+		case <-h.base.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// round probes every address once, at most maxHealthProbes at a time, and publishes the new
+// states when all probes have ended. It does nothing once the checker is stopped; a round cut
+// short by ctx or stop publishes nothing, since its failures say nothing about the addresses.
+func (h *healthChecker) round(ctx context.Context) {
+	h.life.Lock()
+	if h.stopped {
+		h.life.Unlock()
+		return
+	}
+	h.wg.Add(1)
+	h.life.Unlock()
+	defer h.wg.Done()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(h.base, cancel)()
+	h.probeRound(ctx)
+}
+
+// probeRound is round for a caller already counted in wg.
+func (h *healthChecker) probeRound(ctx context.Context) {
+	h.roundMu.Lock()
+	defer h.roundMu.Unlock()
+
+	// Deduplicate: two aliases may resolve to the same address.
+	var listed []netip.Addr
+	if h.addrs != nil {
+		listed = h.addrs()
+	}
+	addrs := make([]netip.Addr, 0, len(listed))
+	seen := make(map[netip.Addr]struct{}, len(listed))
+	for _, a := range listed {
+		a = a.Unmap()
+		if !a.IsValid() {
+			continue
+		}
+		if _, dup := seen[a]; dup {
+			continue
+		}
+		seen[a] = struct{}{}
+		addrs = append(addrs, a)
+	}
+
+	errs := make([]error, len(addrs))
+	ends := make([]time.Time, len(addrs))
+	var cursor atomic.Int64
+	var workers sync.WaitGroup
+	for range min(len(addrs), maxHealthProbes) {
+		workers.Go(func() {
+			for {
+				i := int(cursor.Add(1)) - 1
+				if i >= len(addrs) || ctx.Err() != nil {
+					return
+				}
+				errs[i] = h.probe(ctx, addrs[i])
+				ends[i] = h.now()
+			}
+		})
+	}
+	workers.Wait()
+	if ctx.Err() != nil {
+		return
+	}
+
+	// The next snapshot holds only the listed addresses: the state of an address no alias
+	// resolves to any more is forgotten, so memory is bounded by the current answers.
+	prev := h.snap.Load()
+	snap := &healthSnapshot{addrs: make(map[netip.Addr]addrHealth, len(addrs))}
+	for i, a := range addrs {
+		var st addrHealth
+		if prev != nil {
+			st = prev.addrs[a]
+		}
+		st.lastProbe = ends[i]
+		if err := errs[i]; err != nil {
+			healthProbes.WithLabelValues(h.server, "down").Inc()
+			st.fails++
+			st.lastErr = err.Error()
+			st.lastFail = ends[i]
+			if st.fails >= downAfter && st.state != healthDown {
+				st.state = healthDown
+				log.Infof("%s is down: %d failed probes in a row, last: %s", a, st.fails, st.lastErr)
+			}
+		} else {
+			healthProbes.WithLabelValues(h.server, "up").Inc()
+			if st.state == healthDown {
+				log.Infof("%s is up again", a)
+			}
+			st.fails = 0
+			st.state = healthUp
+		}
+		if st.state == healthDown {
+			snap.down++
+		}
+		snap.addrs[a] = st
+	}
+	h.snap.Store(snap)
+	if d := snap.down - downCount(prev); d != 0 {
+		healthDownAddrs.WithLabelValues(h.server).Add(float64(d))
+	}
+}
+
+func downCount(s *healthSnapshot) int {
+	if s == nil {
+		return 0
+	}
+	return s.down
+}
+
+// probe connects to a:port and closes the connection at once: a completed handshake is what
+// says the address serves.
+func (h *healthChecker) probe(ctx context.Context, a netip.Addr) error {
+	ctx, cancel := context.WithTimeout(ctx, h.timeout)
+	defer cancel()
+	c, err := h.dial(ctx, "tcp", netip.AddrPortFrom(a, h.port).String())
+	if err != nil {
+		return err
+	}
+	c.Close()
+	return nil
+}
+
+// healthy reports whether a may be served. An address never probed, or probed but not yet
+// failed downAfter times in a row, is usable. It takes no lock and does not allocate.
+func (h *healthChecker) healthy(a netip.Addr) bool {
+	s := h.snap.Load()
+	if s == nil || s.down == 0 {
+		return true
+	}
+	return s.addrs[a.Unmap()].state != healthDown
+}
+
+// status returns what is known about a, for explain. An address not probed (or forgotten) is
+// healthUnknown with zero values.
+func (h *healthChecker) status(a netip.Addr) addrHealth {
+	s := h.snap.Load()
+	if s == nil {
+		return addrHealth{}
+	}
+	return s.addrs[a.Unmap()]
+}
+
+// filter returns the records of rrs without the A and AAAA records of addresses marked down;
+// other records are kept. When nothing is dropped it returns rrs itself and allocates nothing.
+// It may return an empty slice: failing open is the caller's decision.
+func (h *healthChecker) filter(rrs []dns.RR) []dns.RR {
+	s := h.snap.Load()
+	if s == nil || s.down == 0 {
+		return rrs
+	}
+	first := -1
+	for i, rr := range rrs {
+		if s.isDown(rr) {
+			first = i
+			break
+		}
+	}
+	if first < 0 {
+		return rrs
+	}
+	out := make([]dns.RR, first, len(rrs)-1)
+	copy(out, rrs[:first])
+	for _, rr := range rrs[first+1:] {
+		if !s.isDown(rr) {
+			out = append(out, rr)
+		}
+	}
+	return out
+}
+
+// isDown reports whether rr is an address record of an address marked down.
+func (s *healthSnapshot) isDown(rr dns.RR) bool {
+	var ip net.IP
+	switch rr := rr.(type) {
+	case *dns.A:
+		ip = rr.A
+	case *dns.AAAA:
+		ip = rr.AAAA
+	default:
+		return false
+	}
+	a, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return false
+	}
+	// A records unpack as 16-byte IPv4-mapped slices: Unmap makes them the same key as the
+	// addresses the checker was given.
+	return s.addrs[a.Unmap()].state == healthDown
+}
+
+// liveCheckers holds the running checkers by identity. A Corefile reload starts the new instance
+// before it stops the old one; the new checker takes the old one's states, so that an address
+// that is down stays out of answers across a reload instead of being served again until it has
+// failed two more probes.
+var liveCheckers = struct {
+	sync.Mutex
+	m map[string]*healthChecker
+}{m: map[string]*healthChecker{}}
+
+// adopt registers h under identity and takes the states of the checker it replaces, if that one
+// probes the same port. Call it before start.
+func (h *healthChecker) adopt(identity string) {
+	h.identity = identity
+	liveCheckers.Lock()
+	old := liveCheckers.m[identity]
+	liveCheckers.m[identity] = h
+	liveCheckers.Unlock()
+	if old == nil || old == h || old.port != h.port {
+		return
+	}
+	if s := old.snap.Load(); s != nil && h.snap.CompareAndSwap(nil, s) && s.down > 0 {
+		healthDownAddrs.WithLabelValues(h.server).Add(float64(s.down))
+	}
+}
