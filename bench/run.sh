@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of flatten against what users would run instead. One command:
 #
-#   bench/run.sh                 # the full run (about 12 minutes on 2 cores); writes bench/RESULTS.md
-#   QUICK=1 bench/run.sh         # about 2 minutes: checks the script, numbers not worth quoting
+#   bench/run.sh                 # the full run (about 13 minutes on 2 cores); writes bench/RESULTS.md
+#   QUICK=1 bench/run.sh         # about 3 minutes: checks the script, numbers not worth quoting
 #
 # It installs dnsperf, pdns-server, pdns-backend-bind and pdns-recursor from Debian if they are
 # missing (without letting the packages start their services), builds cmd/coredns into
@@ -23,7 +23,7 @@
 #
 # Settings (environment):
 #   ROUNDS=5         rounds alternating between rows (at least 3); medians are reported
-#   DURATION=8       seconds of each dnsperf run (one max-QPS run and one fixed-rate run per row
+#   DURATION=6       seconds of each dnsperf run (one max-QPS run and one fixed-rate run per row
 #                    per round)
 #   FIXED_QPS=       offered rate for the latency percentiles; default: half the slowest row's
 #   CLIENTS=8 OUTSTANDING=500   dnsperf -c and -q of every run
@@ -32,17 +32,17 @@
 #   RATE=5000        refresh_rate written into the big case's Corefile (upstream queries per
 #                    second of background resolution); RATE=0 writes none (the plugin's default)
 #   BIG_DELAY=0s     the fake target's delay in the big case
-#   COLD_DELAY=20ms  the fake target's delay for the cold path and the herd; COLD_REPS=5
+#   COLD_DELAY=20ms  the fake target's delay for the cold path and the herd; COLD_REPS=5 repetitions
 #   HERD_N=1000      queries in the herd
 #   GOBENCH_COUNT=5  -count of the Go benchmarks
 #   SERVER_CPU=0 LOAD_CPU=1     the cores
 #   FOREIGN_MAX=10   the machine may be shared: each run first waits up to QUIET_WAIT=10 seconds
 #                    for both cores to be under FOREIGN_MAX% busy, and a run during which other
 #                    processes took more than FOREIGN_MAX% of either core is repeated up to
-#                    RETRIES=2 times; all waits and repeats together stop after EXTRA_BUDGET=240 s
+#                    RETRIES=2 times; all waits and repeats together stop after EXTRA_BUDGET=180 s
 #   PHASES=rows,cold,herd,big,gobench   which parts to run
-#   QUICK=1          ROUNDS=3 DURATION=2 ALIASES=10000 GOBENCH_COUNT=1 RETRIES=1 QUIET_WAIT=2
-#                    EXTRA_BUDGET=20 unless set
+#   QUICK=1          ROUNDS=3 DURATION=2 ALIASES=10000 GOBENCH_COUNT=1 COLD_REPS=3 RETRIES=1
+#                    QUIET_WAIT=2 EXTRA_BUDGET=20 unless set
 #   RESULTS=bench/RESULTS.md    where the table goes
 set -euo pipefail
 

@@ -166,3 +166,20 @@ func TestKeyValues(t *testing.T) {
 		t.Errorf("%v", kv)
 	}
 }
+
+func TestMarshalResultsNonFinite(t *testing.T) {
+	r := results{Rows: &rowsResult{Rows: []rowResult{{ID: "1", P999: math.Inf(1), P50: math.NaN(), QPS: 1.5}}}}
+	b, err := marshalResults(&r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	for _, want := range []string{`"p999_ms": "+Inf"`, `"p50_ms": "NaN"`, `"qps": 1.5`, `"id": "1"`} {
+		if !strings.Contains(s, want) {
+			t.Errorf("missing %s in\n%s", want, s)
+		}
+	}
+	if strings.Contains(s, `"big"`) {
+		t.Errorf("nil pointer with omitempty written:\n%s", s)
+	}
+}

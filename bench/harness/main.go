@@ -7,7 +7,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -84,7 +83,7 @@ func loadConfig() config {
 		return full
 	}
 	c.Rounds = env("ROUNDS", pick(5, 3))
-	c.Duration = env("DURATION", pick(8, 2))
+	c.Duration = env("DURATION", pick(6, 2))
 	c.CalDuration = env("CAL_DURATION", pick(3, 1))
 	c.FixedQPS = env("FIXED_QPS", 0)
 	c.Clients = env("CLIENTS", 8)
@@ -95,14 +94,14 @@ func loadConfig() config {
 	c.RefreshRate = env("RATE", 0)
 	c.BigDelay = envStr("BIG_DELAY", "0s")
 	c.ColdDelay = envStr("COLD_DELAY", "20ms")
-	c.ColdReps = env("COLD_REPS", 5)
+	c.ColdReps = env("COLD_REPS", pick(5, 3))
 	c.HerdN = env("HERD_N", 1000)
 	c.ServerCPU = env("SERVER_CPU", 0)
 	c.LoadCPU = env("LOAD_CPU", 1)
 	c.ForeignMax = float64(env("FOREIGN_MAX", 10)) / 100
 	c.Retries = env("RETRIES", pick(2, 1))
 	c.QuietWait = time.Duration(env("QUIET_WAIT", pick(10, 2))) * time.Second
-	c.ExtraBudget = time.Duration(env("EXTRA_BUDGET", pick(240, 20))) * time.Second
+	c.ExtraBudget = time.Duration(env("EXTRA_BUDGET", pick(180, 20))) * time.Second
 	c.Phases = envStr("PHASES", "rows,cold,herd,big,gobench")
 	c.GoBenchCount = env("GOBENCH_COUNT", pick(5, 1))
 	c.Out = envStr("OUT", "bench/out")
@@ -239,7 +238,10 @@ func (h *harness) run() error {
 	}
 	h.res.Finished = time.Now().UTC()
 
-	j, _ := json.MarshalIndent(h.res, "", "  ")
+	j, err := marshalResults(&h.res)
+	if err != nil {
+		return err
+	}
 	if err := os.WriteFile(filepath.Join(h.cfg.Out, "results.json"), j, 0o644); err != nil {
 		return err
 	}

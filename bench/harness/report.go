@@ -56,7 +56,10 @@ func render(r *results) string {
 		p("| startup: exec to the *ready* plugin's 200 | %.1f s |\n", g.StartupSeconds)
 		p("| startup: target's first to last query | %.1f s |\n", g.SpanSeconds)
 		p("| upstream queries at startup (distinct names; most for one name and type) | %d (%d; %d) |\n", g.Upstream, g.Names, g.MaxPerNameType)
-		p("| highest upstream queries in any 1 s window | %d |\n", g.MaxPerSecond)
+		p("| highest upstream queries in any 1 s window (arrival times at the target, 10 ms buckets) | %d |\n", g.MaxPerSecond)
+		if g.SpanSeconds > 0 {
+			p("| average upstream rate over the startup round | %.0f/s |\n", float64(g.Upstream)/g.SpanSeconds)
+		}
 		p("| VmRSS after warm-up / after the load / VmHWM | %.1f / %.1f / %.1f MB |\n", mb(g.RSSReadyKB), mb(g.RSSAfterKB), mb(g.HWMKB))
 		p("| VmRSS of the one-alias server | %.1f MB |\n", mb(g.OneRSSKB))
 		p("| hit-path max QPS, %d sampled names (median) | %.0f |\n", g.Sample, g.BigQPS)
@@ -127,7 +130,7 @@ func renderRows(b *strings.Builder, r *results, rows *rowsResult) {
 func renderUpstream(b *strings.Builder, rows *rowsResult) {
 	p := func(format string, a ...any) { fmt.Fprintf(b, format, a...) }
 	p("## Upstream queries of the warm flatten rows\n\n")
-	p("Counted at the target (coredns_dns_requests_total of the row's own target listener). With TTL T the plugin refreshes each alias's A and AAAA when 10%% of T is left, so one question per type every 0.9 T, plus the startup round.\n\n")
+	p("Counted at the target (coredns_dns_requests_total of the row's own target listener). With TTL T the plugin refreshes each alias's A and AAAA when 10%% of T is left, so one question per type every 0.9 T, plus the startup round. More than that means client queries caused upstream queries; fewer means the scheduled refresh did not run, so entries expired and the first client query after each expiry waited for a resolution.\n\n")
 	p("| row | client queries answered during its load runs | upstream queries in those %s | upstream queries since the server started (A / AAAA) | seconds since start | expected from the schedule |\n|---|---|---|---|---|---|\n", "runs")
 	for _, u := range rows.Upstream {
 		p("| %s | %d | %d (in %.0f s) | %d (%d / %d) | %.0f | %d (one per type every %.0f s, and the startup round) |\n",
