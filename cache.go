@@ -3,6 +3,7 @@ package flatten
 import (
 	"container/heap"
 	"context"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,9 +16,9 @@ import (
 type cacheKey struct {
 	name  string // the target, a lowercased FQDN
 	qtype uint16 // dns.TypeA or dns.TypeAAAA
-	// scope is an EDNS Client Subnet scope (RFC 7871 7.3) the answer is valid for; "" means
-	// every client. Nothing sets it yet: it is the room the ECS option will use.
-	scope string
+	// scope is the client network (EDNS Client Subnet, RFC 7871 7.3) the answer is for, with
+	// `ecs` (ecs.go); the zero Prefix means every client.
+	scope netip.Prefix
 }
 
 // entry is one resolved chain and when it was fetched. Entries are never modified once stored.
@@ -26,6 +27,10 @@ type entry struct {
 	fetched  time.Time
 	lifetime time.Duration // the chain's TTL clamped by `ttl MIN MAX`
 	expires  time.Time     // fetched + lifetime
+	// With `ecs`, for an entry of a client network: the SCOPE PREFIX-LENGTH echoed to clients,
+	// and whether the upstream wanted a longer prefix than it was sent (ecs.go).
+	ecsScope uint8
+	narrow   bool
 }
 
 // failure is a remembered resolution failure (RFC 9520): while it lasts, nobody asks upstream
@@ -122,7 +127,8 @@ type cache struct {
 
 	mu     sync.RWMutex
 	slots  map[cacheKey]*slot
-	demand int // slots made on demand (not pinned)
+	demand int        // slots made on demand (not pinned)
+	ecs    scopeIndex // the slots of client networks (ecs.go)
 
 	schedMu  sync.Mutex
 	schedule refreshHeap
@@ -206,6 +212,7 @@ func (c *cache) slotFor(k cacheKey) *slot {
 	s = &slot{key: k, index: -1}
 	c.slots[k] = s
 	c.demand++
+	c.countScoped(k, 1)
 	cacheEntries.WithLabelValues(c.server).Set(float64(len(c.slots)))
 	return s
 }
@@ -235,6 +242,7 @@ func (c *cache) evictLocked() {
 	if victim != nil {
 		delete(c.slots, victim.key)
 		c.demand--
+		c.countScoped(victim.key, -1)
 	}
 }
 
@@ -384,7 +392,7 @@ func (c *cache) refreshAsync(ctx context.Context, s *slot) {
 
 // run resolves s and publishes the outcome to the slot and the flight's waiters.
 func (c *cache) run(ctx context.Context, s *slot, fl *flight) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	ctx, cancel := context.WithTimeout(subnetFor(ctx, s), c.timeout)
 	defer cancel()
 	stop := context.AfterFunc(c.base, cancel)
 	defer stop()
@@ -400,7 +408,7 @@ func (c *cache) run(ctx context.Context, s *slot, fl *flight) {
 		fl.err = re
 	} else {
 		fl.entry = c.newEntry(ch, now)
-		s.good.Store(fl.entry)
+		c.store(ctx, s, fl.entry, ch)
 		s.fail.Store(nil)
 	}
 	s.mu.Lock()

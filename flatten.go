@@ -58,6 +58,7 @@ type Flatten struct {
 	zoneAliasOn bool         // `zone_alias`
 	zoneAliases *zoneAliases // with zone_alias: the names known to hold ALIAS records
 	cnames      *cnameNames  // `cname NAMES...`
+	ecs         *ecsConfig   // `ecs`; nil when off (ecs.go)
 
 	// explainNets are the clients that may ask for _flatten.NAME TXT; nil without `explain`.
 	explainNets []netip.Prefix
@@ -286,6 +287,12 @@ func isAddressQuery(r *dns.Msg) bool {
 func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, zone string, ttlCap uint32, targets []string, slots []*slot) (int, error) {
 	server := metrics.WithServer(ctx)
 	requests.WithLabelValues(server).Inc()
+	if f.ecs != nil {
+		// A malformed ECS option is rejected before anything is looked up (ecs.go).
+		if _, err := clientECS(r); err != nil {
+			return formerr(w, r, err)
+		}
+	}
 
 	p := pathFrom(ctx)
 	var pk picker
@@ -400,6 +407,12 @@ func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns
 // lookup returns what to answer r with from s, the slot of one target and address type, and
 // where it comes from (cache.get's ladder).
 func (f *Flatten) lookup(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, s *slot, nested bool) (*entry, source, *resolveError) {
+	if f.ecs != nil {
+		// The answer for the client's network, with its own ladder (ecs.go).
+		if sub, ok := f.ecs.subnet(w, r, nested); ok {
+			return f.cache.getECS(ctx, s, sub, nested)
+		}
+	}
 	return f.cache.get(ctx, s, nested)
 }
 
@@ -439,6 +452,7 @@ func (f *Flatten) answer(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, 
 	if src == srcStale && r.IsEdns0() != nil {
 		addEDE(m, dns.ExtendedErrorCodeStaleAnswer, "")
 	}
+	f.echoECS(m, r, e)
 	w.WriteMsg(m)
 	return dns.RcodeSuccess, nil
 }

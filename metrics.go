@@ -96,6 +96,14 @@ var (
 		Help:      "The number of resolved chains in the cache.",
 	}, []string{"server"})
 
+	// ecsEntries is the number of cache entries for client networks (`ecs`).
+	ecsEntries = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "flatten",
+		Name:      "ecs_entries",
+		Help:      "The number of cache entries for client networks (EDNS Client Subnet).",
+	}, []string{"server"})
+
 	// refreshes counts background refreshes (scheduled and prefetch).
 	refreshes = promauto.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,

@@ -38,6 +38,9 @@ type chain struct {
 	// nxdomain is set when the last name of the chain does not exist. A negative chain without
 	// it is NODATA: the name exists but has no address of the type.
 	nxdomain bool
+	// scope is the longest ECS SCOPE PREFIX-LENGTH of the answers on the chain: the whole chain
+	// is cached for it (RFC 7871 7.2.1, for "message-focused resolvers").
+	scope uint8
 }
 
 func (c *chain) negative() bool { return len(c.addrs) == 0 }
@@ -157,6 +160,7 @@ func (w *walker) resolve(ctx context.Context, target string, qtype uint16) (*cha
 		if resp.Rcode != dns.RcodeSuccess && resp.Rcode != dns.RcodeNameError {
 			return nil, errRcode(name, resp)
 		}
+		c.scope = max(c.scope, answerScope(resp))
 
 		cur, err := follow(resp, name, qtype, c, visited, w.maxDepth)
 		if err != nil {

@@ -106,6 +106,8 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 				f.zoneAliasOn = true
 			case "cname":
 				err = f.parseCNAME(c)
+			case "ecs":
+				err = f.parseECS(c)
 			default:
 				return nil, c.Errf("unknown property '%s'", opt)
 			}
@@ -453,5 +455,27 @@ func (f *Flatten) parseHealthCheck(c *caddy.Controller) error {
 		f.healthInterval = d
 	}
 	f.healthLine = c.Line() // for the check at the end of the block, once every alias is read
+	return nil
+}
+
+// parseECS reads `ecs [V4BITS [V6BITS]]`: the most bits of a client's address sent upstream.
+func (f *Flatten) parseECS(c *caddy.Controller) error {
+	a := c.RemainingArgs()
+	if len(a) > 2 {
+		return c.Errf("'ecs' takes at most 2 arguments (V4BITS V6BITS), got %d: %v", len(a), a)
+	}
+	e := &ecsConfig{v4: defaultECSv4, v6: defaultECSv6}
+	for i, s := range a {
+		what, most, bits := "V4BITS", 32, &e.v4
+		if i == 1 {
+			what, most, bits = "V6BITS", 128, &e.v6
+		}
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 || n > most {
+			return c.Errf("ecs %s '%s' must be a whole number of bits from 0 to %d", what, s, most)
+		}
+		*bits = n
+	}
+	f.ecs = e
 	return nil
 }

@@ -44,7 +44,7 @@ func checkAnswer(q, resp *dns.Msg) error {
 	if aq.Qtype != qq.Qtype || aq.Qclass != qq.Qclass || !strings.EqualFold(aq.Name, qq.Name) {
 		return errMalformed(qq.Name, "answer is for another question ("+aq.Name+" "+dns.TypeToString[aq.Qtype]+")")
 	}
-	return nil
+	return checkECS(q, resp)
 }
 
 // selfExchanger resolves through this CoreDNS server's own plugin chain (plugin/pkg/upstream), so
@@ -77,6 +77,7 @@ func (s *selfExchanger) exchange(ctx context.Context, name string, qtype uint16)
 		ctx = context.WithValue(ctx, dnsserver.Key{}, srv)
 	}
 	q := newQuery(name, qtype)
+	addECS(ctx, q)
 	upstreamQueries.WithLabelValues(serverLabel(ctx)).Inc()
 	// The server wraps our writer in a scrub writer that truncates for the "client"; a TCP
 	// writer makes it leave the whole answer in place.
@@ -149,6 +150,7 @@ func (proxyWriter) RemoteAddr() net.Addr { return proxyLocal }
 
 func (pe *proxyExchanger) exchange(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
 	q := newQuery(name, qtype)
+	addECS(ctx, q)
 	state := request.Request{W: proxyWriter{}, Req: q}
 	server := serverLabel(ctx)
 
