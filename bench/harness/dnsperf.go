@@ -28,6 +28,8 @@ type perf struct {
 	// is never better than a slow one), and their percentiles.
 	// dnsperf's own CPU time over its wall time: near 1 means the load generator was the limit.
 	LoadCPU float64 `json:"dnsperf_cpu"`
+	// dnsperf's user+system CPU time, in seconds.
+	CPUSeconds float64 `json:"dnsperf_cpu_s"`
 	// The share of the server core used by processes that are not the row's during the run
 	// (set by the caller).
 	Foreign float64 `json:"server_core_foreign"`
@@ -79,6 +81,7 @@ func runDnsperf(ctx context.Context, cpu int, raw string, args []string) (perf, 
 	}
 	if wall := time.Since(began); wall > 0 {
 		ps := cmd.ProcessState
+		p.CPUSeconds = (ps.UserTime() + ps.SystemTime()).Seconds()
 		p.LoadCPU = float64(ps.UserTime()+ps.SystemTime()) / float64(wall)
 	}
 	if perr != nil {

@@ -359,19 +359,20 @@ func abs(p string) string {
 
 func mkdir(d string) error { return os.MkdirAll(d, 0o755) }
 
-// measure runs dnsperf against a server (id names it in the log) and accounts for the cores: the CPU ticks the row's
-// processes used, the share of the server core that other processes took, and the share of the
-// load core that processes other than dnsperf took. The machine is shared, so each run first
-// waits (up to cfg.QuietWait) for a moment when neither core is busy, and a run during which
-// others took more than cfg.ForeignMax of either core is repeated, up to cfg.Retries times (the
-// last try counts whatever happened). The waits and repeats of a whole run are bounded by
-// cfg.ExtraBudget.
+// measure runs dnsperf against a server (id names it in the log) and accounts for the cores: the
+// CPU ticks the row's processes used, the share of the server core that other processes took, and
+// the share of the load core that processes other than dnsperf and the harness took. The machine
+// is shared, so each run first waits (up to cfg.QuietWait) for a moment when neither core is
+// busy, and a run during which others took more than cfg.ForeignMax of either core is repeated,
+// up to cfg.Retries times (the last try counts whatever happened). The waits and repeats of a
+// whole run are bounded by cfg.ExtraBudget.
 func (h *harness) measure(id string, rowProcs []*proc, raw string, args []string) (perf, uint64, int, error) {
 	for attempt := 0; ; attempt++ {
 		if err := h.waitQuiet(); err != nil {
 			return perf{}, 0, attempt, err
 		}
 		cpu0 := ticks(rowProcs)
+		self0 := cpuTicks(os.Getpid())
 		busy0, total0 := coreTicks(h.cfg.ServerCPU)
 		lbusy0, ltotal0 := coreTicks(h.cfg.LoadCPU)
 		p, err := runDnsperf(h.ctx, h.cfg.LoadCPU, filepath.Join(h.raw, fmt.Sprintf("%s-try%d.txt", raw, attempt+1)), args)
@@ -379,13 +380,16 @@ func (h *harness) measure(id string, rowProcs []*proc, raw string, args []string
 			return p, 0, attempt, err
 		}
 		cpu1 := ticks(rowProcs)
+		self1 := cpuTicks(os.Getpid())
 		busy1, total1 := coreTicks(h.cfg.ServerCPU)
 		lbusy1, ltotal1 := coreTicks(h.cfg.LoadCPU)
 		if total1 > total0 {
 			p.Foreign = max(0, float64(busy1-busy0)-float64(cpu1-cpu0)) / float64(total1-total0)
 		}
 		if ltotal1 > ltotal0 {
-			p.LoadForeign = max(0, float64(lbusy1-lbusy0)/float64(ltotal1-ltotal0)-p.LoadCPU)
+			// Ours on the load core: dnsperf, and the harness reading its output.
+			mine := p.CPUSeconds*float64(h.cfg.ClkTck) + float64(self1-self0)
+			p.LoadForeign = max(0, float64(lbusy1-lbusy0)-mine) / float64(ltotal1-ltotal0)
 		}
 		if (p.Foreign <= h.cfg.ForeignMax && p.LoadForeign <= h.cfg.ForeignMax) || attempt >= h.cfg.Retries || h.extra > h.cfg.ExtraBudget {
 			return p, cpu1 - cpu0, attempt, nil
