@@ -636,6 +636,11 @@ func (c *cache) refreshPinned(s *slot) {
 		}
 	}
 	heap.Push(&c.schedule, s)
+	if s.index == 0 {
+		// Due before anything the refresher's timer waits for (an hour, when the schedule was
+		// empty as it took the last slot out): it must look again.
+		c.wake()
+	}
 }
 
 // refreshLead is how long before e expires it is refreshed: the prefetch fraction of its lifetime,
