@@ -127,10 +127,10 @@ type cache struct {
 
 	mu     sync.RWMutex
 	slots  map[cacheKey]*slot
-	demand int        // slots made on demand (not pinned)
+	demand int // slots made on demand (not pinned)
 	// addrSets shares one copy of each address RRset between the entries that hold it.
 	addrSets addrSets
-	ecs    scopeIndex // the slots of client networks (ecs.go)
+	ecs      scopeIndex // the slots of client networks (ecs.go)
 
 	schedMu  sync.Mutex
 	schedule refreshHeap
