@@ -511,3 +511,21 @@ func TestRefreshRatePacesBackgroundQueries(t *testing.T) {
 	// The paced round resolved everything.
 	checkAddrs(t, query(t, srv, "udp", fmt.Sprintf("a%d.example.org.", aliases-1), dns.TypeA, 0), fmt.Sprintf("a%d.example.org.", aliases-1), "192.0.2.10")
 }
+
+// TestRefreshKeepsAliasFreshWithoutQueries: configured aliases are refreshed on schedule, once per
+// TTL, with no client query to prompt it (real clock, TTL 1 s). The refresher used to sleep for
+// an hour once it had taken every slot off the schedule, so entries expired and the next client
+// waited for their resolution.
+func TestRefreshKeepsAliasFreshWithoutQueries(t *testing.T) {
+	u := newFakeUpstream(t, "client1.agency.test. 1 IN A 192.0.2.10", "client1.agency.test. 1 IN AAAA 2001:db8::10")
+	u.setRecursive()
+	startCoreDNS(t, flattenCorefile(exampleZone(t), "alias @ client1.agency.test.", "upstream "+u.Addr, "ttl 1 1"))
+	deadline := time.Now().Add(10 * time.Second)
+	for u.count("client1.agency.test.", dns.TypeA) < 4 || u.count("client1.agency.test.", dns.TypeAAAA) < 4 {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10 s: %d A and %d AAAA questions, want a refresh every second",
+				u.count("client1.agency.test.", dns.TypeA), u.count("client1.agency.test.", dns.TypeAAAA))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -358,7 +358,11 @@ func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns
 	c := &chain{ttl: math.MaxUint32}
 	name := strings.ToLower(q.Name)
 	end, ferr := follow(m, name, q.Qtype, c, map[string]bool{name: true}, f.maxDepth)
-	if ferr != nil || len(c.hops) == 0 || (m.Rcode != dns.RcodeSuccess && len(c.addrs) == 0) || c.hops[0].rrtype == dns.TypeDNAME || synthesizedFromDNAME(m, name) {
+	// A zone whose chain leaves it answers SERVFAIL with its part of the chain when it cannot
+	// follow it out (askNext hides the server it would follow it through): flatten follows it.
+	leaves := ferr == nil && plugin.Zones(f.Zones).Matches(end) == ""
+	failed := m.Rcode != dns.RcodeSuccess && !(m.Rcode == dns.RcodeServerFailure && leaves)
+	if ferr != nil || len(c.hops) == 0 || (failed && len(c.addrs) == 0) || c.hops[0].rrtype == dns.TypeDNAME || synthesizedFromDNAME(m, name) {
 		// Not a chain (or a broken one, or one that ends in NXDOMAIN in the zone), or one that
 		// starts with a CNAME the zone made from a DNAME: the zone's answer stands as it is. A
 		// DNAME maps any name a client makes up to a new target; flattening it would let clients

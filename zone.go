@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin/pkg/nonwriter"
 
 	"github.com/miekg/dns"
@@ -25,8 +26,19 @@ func (f *Flatten) askNext(ctx context.Context, w dns.ResponseWriter, r *dns.Msg,
 		q.Question[0] = dns.Question{Name: name, Qtype: qtype, Qclass: dns.ClassINET}
 	}
 	nw := nonwriter.New(w)
-	rcode, err := f.Next.ServeDNS(ctx, nw, q)
+	rcode, err := f.Next.ServeDNS(withoutServer(ctx), nw, q)
 	return nw.Msg, rcode, err
+}
+
+// noServer hides the server from the plugins below when flatten asks them about the zone.
+// *file* (and *auto*, *secondary*) resolve a CNAME that leaves the zone through the whole server
+// (plugin/pkg/upstream), which needs the *dnsserver.Server in the context: without it they answer
+// with the zone's part of the chain, and flatten resolves the rest itself, through its cache
+// and failure ladder, instead of through the server again for every query.
+type noServer struct{}
+
+func withoutServer(ctx context.Context) context.Context {
+	return context.WithValue(ctx, dnsserver.Key{}, noServer{})
 }
 
 // zoneAddrs returns the records of the query's type that the zone itself holds at the query's

@@ -320,3 +320,41 @@ func TestZoneOptionsParse(t *testing.T) {
 		}
 	}
 }
+
+// TestCNAMELeavingTheZoneIsCachedWithSelfResolution: when this server can resolve the CNAME's
+// target itself (here a `.` block forwarding to the upstream), *file* would follow the chain out
+// of the zone through the server for every query, bypassing flatten's cache and failure ladder.
+// flatten asks the zone without the server, so *file* answers with its part of the chain and
+// flatten resolves the rest once, through its cache, and answers stale when the upstream fails.
+func TestCNAMELeavingTheZoneIsCachedWithSelfResolution(t *testing.T) {
+	u := newFakeUpstream(t, agencyRecords...)
+	u.setRecursive()
+	var failing atomic.Bool
+	u.handle("client1.agency.test.", servfailer(u, &failing))
+	zone := exampleZone(t, "www 300 IN CNAME client1.agency.test.")
+	srv, _ := startCoreDNS(t, `example.org:0 {
+	bind 127.0.0.1
+	flatten {
+		cname www.example.org.
+		ttl 1 1
+	}
+	file `+zone+` example.org
+}
+.:0 {
+	bind 127.0.0.1
+	forward . `+u.Addr+`
+}
+`)
+	for range 5 {
+		checkAddrs(t, query(t, srv, "udp", "www.example.org.", dns.TypeA, 0), "www.example.org.", "192.0.2.10", "192.0.2.11")
+	}
+	if n := u.count("client1.agency.test.", dns.TypeA); n != 1 {
+		t.Errorf("5 queries asked the upstream %d times, want 1 (cached)", n)
+	}
+	failing.Store(true)
+	waitFor(t, "a stale answer", func() bool {
+		m := query(t, srv, "udp", "www.example.org.", dns.TypeA, 1232)
+		e := ede(m)
+		return m.Rcode == dns.RcodeSuccess && e != nil && e.InfoCode == dns.ExtendedErrorCodeStaleAnswer && len(addrs(t, m, "www.example.org.")) == 2
+	})
+}
