@@ -148,7 +148,8 @@ func (f *Flatten) aliasAddrs() []netip.Addr {
 	return out
 }
 
-// rrAddr is the address of an A or AAAA record.
+// rrAddr is the address of an A or AAAA record, unmapped (A records unpack as 16-byte
+// IPv4-mapped slices); false for any other record.
 func rrAddr(rr dns.RR) (netip.Addr, bool) {
 	var ip netip.Addr
 	var ok bool

@@ -347,22 +347,10 @@ func (h *healthChecker) filter(rrs []dns.RR) []dns.RR {
 
 // isDown reports whether rr is an address record of an address marked down.
 func (s *healthSnapshot) isDown(rr dns.RR) bool {
-	var ip net.IP
-	switch rr := rr.(type) {
-	case *dns.A:
-		ip = rr.A
-	case *dns.AAAA:
-		ip = rr.AAAA
-	default:
-		return false
-	}
-	a, ok := netip.AddrFromSlice(ip)
-	if !ok {
-		return false
-	}
-	// A records unpack as 16-byte IPv4-mapped slices: Unmap makes them the same key as the
-	// addresses the checker was given.
-	return s.addrs[a.Unmap()].state == healthDown
+	// rrAddr unmaps: A records unpack as 16-byte IPv4-mapped slices, and the checker was given
+	// plain IPv4 addresses.
+	a, ok := rrAddr(rr)
+	return ok && s.addrs[a].state == healthDown
 }
 
 // liveCheckers holds the running checkers by identity. A Corefile reload starts the new instance
