@@ -114,12 +114,18 @@ cleanup() {
 	# Whatever the harness could not stop (it was killed, say): the PIDs it recorded, each only
 	# if it is still the same process (same start time in /proc/PID/stat).
 	if [ -s "$pidfile" ]; then
+		same() { [ -r "/proc/$1/stat" ] && [ "$(awk '{sub(/.*\) /, ""); print $20}' "/proc/$1/stat" 2>/dev/null)" = "$2" ]; }
 		while read -r pid start name; do
-			if [ -r "/proc/$pid/stat" ] && [ "$(awk '{sub(/.*\) /, ""); print $20}' "/proc/$pid/stat")" = "$start" ]; then
+			if same "$pid" "$start"; then
 				log "stopping $name (PID $pid)"
 				kill -TERM "$pid" 2>/dev/null || true
-				sleep 1
-				kill -KILL "$pid" 2>/dev/null || true
+				for _ in 1 2 3 4 5 6 7 8 9 10; do
+					same "$pid" "$start" || break
+					sleep 0.5
+				done
+				if same "$pid" "$start"; then
+					kill -KILL "$pid" 2>/dev/null || true
+				fi
 			fi
 		done <"$pidfile"
 	fi
