@@ -23,6 +23,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/flattendns/flatten/internal/loopback"
 	"math"
 	"net"
 	"os"
@@ -52,17 +53,6 @@ func main() {
 	}
 }
 
-func loopback(hostport string) error {
-	host, _, err := net.SplitHostPort(hostport)
-	if err != nil {
-		return err
-	}
-	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() || ip.To4() == nil {
-		return fmt.Errorf("%s is not a 127.0.0.0/8 address", hostport)
-	}
-	return nil
-}
-
 // result is what became of one query.
 type result struct {
 	qtype   uint16
@@ -73,7 +63,7 @@ type result struct {
 }
 
 func run(server, name, qtypes string, n int, timeout time.Duration, tries int, waitZone string, spread time.Duration) error {
-	if err := loopback(server); err != nil {
+	if err := loopback.Check(server); err != nil {
 		return err
 	}
 	if name == "." || n < 1 || tries < 1 {

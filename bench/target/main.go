@@ -36,6 +36,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"github.com/flattendns/flatten/internal/loopback"
 	"net"
 	"os"
 	"os/signal"
@@ -69,7 +70,7 @@ func main() {
 		exitOn(printControl(*reset, "reset."+zoneCtl))
 		return
 	}
-	if err := loopback(*listen); err != nil {
+	if err := loopback.Check(*listen); err != nil {
 		exitOn(err)
 	}
 	t := newTarget(*delay, uint32(*ttl), uint32(*synthTTL), *chase)
@@ -93,19 +94,6 @@ func exitOn(err error) {
 		fmt.Fprintln(os.Stderr, "target:", err)
 		os.Exit(1)
 	}
-}
-
-// loopback refuses any address that is not on 127.0.0.0/8: the benchmark never sends traffic
-// anywhere else.
-func loopback(hostport string) error {
-	host, _, err := net.SplitHostPort(hostport)
-	if err != nil {
-		return err
-	}
-	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() || ip.To4() == nil {
-		return fmt.Errorf("%s is not a 127.0.0.0/8 address", hostport)
-	}
-	return nil
 }
 
 // zoneCtl is the CH zone of the control questions.
@@ -401,7 +389,7 @@ func printControl(addr, name string) error {
 
 // askControl asks the target at addr the CH TXT question name and returns the answer's strings.
 func askControl(addr, name string) ([]string, error) {
-	if err := loopback(addr); err != nil {
+	if err := loopback.Check(addr); err != nil {
 		return nil, err
 	}
 	q := new(dns.Msg)

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/flattendns/flatten/internal/loopback"
 	"net"
 	"net/http"
 	"os"
@@ -53,18 +54,6 @@ func main() {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
 		os.Exit(1)
 	}
-}
-
-// loopback refuses any address that is not on 127.0.0.0/8.
-func loopback(hostport string) error {
-	host, _, err := net.SplitHostPort(hostport)
-	if err != nil {
-		return err
-	}
-	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() || ip.To4() == nil {
-		return fmt.Errorf("%s is not a 127.0.0.0/8 address", hostport)
-	}
-	return nil
 }
 
 // counts are the outcomes of one interval or of the whole run.
@@ -133,7 +122,7 @@ func run(args []string) error {
 	sockets := fs.Int("sockets", 8, "UDP sockets to send from")
 	report := fs.Duration("report", 10*time.Second, "interval of the progress lines on stderr")
 	fs.Parse(args)
-	if err := loopback(*server); err != nil {
+	if err := loopback.Check(*server); err != nil {
 		return err
 	}
 	qnames := strings.Split(*names, ",")
@@ -344,7 +333,7 @@ func probe(args []string) error {
 	qtype := fs.String("type", "A", "type to ask for")
 	wait := fs.Duration("wait", 10*time.Second, "how long to keep trying")
 	fs.Parse(args)
-	if err := loopback(*server); err != nil {
+	if err := loopback.Check(*server); err != nil {
 		return err
 	}
 	t, ok := dns.StringToType[strings.ToUpper(*qtype)]
@@ -381,7 +370,7 @@ func metric(args []string) error {
 	if i := strings.IndexByte(host, '/'); i >= 0 {
 		host = host[:i]
 	}
-	if err := loopback(host); err != nil {
+	if err := loopback.Check(host); err != nil {
 		return err
 	}
 	cl := &http.Client{Timeout: 5 * time.Second}
