@@ -197,10 +197,7 @@ func (c *cache) pin(k cacheKey) *slot {
 // slotFor returns the slot for k, making an on-demand one if needed and evicting another
 // on-demand slot when capacity is reached.
 func (c *cache) slotFor(k cacheKey) *slot {
-	c.mu.RLock()
-	s, ok := c.slots[k]
-	c.mu.RUnlock()
-	if ok {
+	if s := c.existing(k); s != nil {
 		return s
 	}
 	c.mu.Lock()
@@ -211,7 +208,7 @@ func (c *cache) slotFor(k cacheKey) *slot {
 	if c.demand >= c.capacity {
 		c.evictLocked()
 	}
-	s = &slot{key: k, index: -1}
+	s := &slot{key: k, index: -1}
 	c.slots[k] = s
 	c.demand++
 	c.countScoped(k, 1)
@@ -246,6 +243,13 @@ func (c *cache) evictLocked() {
 		c.demand--
 		c.countScoped(victim.key, -1)
 	}
+}
+
+// existing returns the slot for k if there is one, without making one.
+func (c *cache) existing(k cacheKey) *slot {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.slots[k]
 }
 
 func (c *cache) len() int {
@@ -469,13 +473,8 @@ func (c *cache) adopt() {
 	}
 	old.mu.RUnlock()
 	for k, e := range entries {
-		c.mu.RLock()
-		s, ok := c.slots[k]
-		c.mu.RUnlock()
-		if !ok {
-			s = c.slotFor(k) // on demand, within this cache's capacity
-		}
-		s.good.Store(e)
+		// This cache's own slot (pinned for its aliases), or one on demand within its capacity.
+		c.slotFor(k).good.Store(e)
 	}
 }
 

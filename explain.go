@@ -136,9 +136,7 @@ func (f *Flatten) explainTargets(ctx context.Context, w dns.ResponseWriter, r *d
 
 // slotOf returns the slot of target for qtype if the cache has one, without making one.
 func (f *Flatten) slotOf(target string, qtype uint16) *slot {
-	f.cache.mu.RLock()
-	defer f.cache.mu.RUnlock()
-	return f.cache.slots[cacheKey{name: target, qtype: qtype}]
+	return f.cache.existing(cacheKey{name: target, qtype: qtype})
 }
 
 // explainAnswer says what a query for qtype gets now, ranked as flatten ranks it, but from the
