@@ -4,9 +4,11 @@ import (
 	"container/heap"
 	"context"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unique"
 
 	"github.com/miekg/dns"
 	"golang.org/x/time/rate"
@@ -22,16 +24,21 @@ type cacheKey struct {
 }
 
 // entry is one resolved chain and when it was fetched. Entries are never modified once stored.
+// The chain is held by value and the expiry is computed rather than stored: with 100,000 aliases
+// there are 200,000 entries, and one object of 96 bytes each instead of two of 80 and 64 is less
+// memory and less for the garbage collector to mark.
 type entry struct {
-	chain    *chain
+	chain    chain
 	fetched  time.Time
 	lifetime time.Duration // the chain's TTL clamped by `ttl MIN MAX`
-	expires  time.Time     // fetched + lifetime
 	// With `ecs`, for an entry of a client network: the SCOPE PREFIX-LENGTH echoed to clients,
 	// and whether the upstream wanted a longer prefix than it was sent (ecs.go).
 	ecsScope uint8
 	narrow   bool
 }
+
+// expires is when e stops being fresh.
+func (e *entry) expires() time.Time { return e.fetched.Add(e.lifetime) }
 
 // failure is a remembered resolution failure (RFC 9520): while it lasts, nobody asks upstream
 // again for the same key.
@@ -51,8 +58,7 @@ type flight struct {
 
 // slot holds everything known about one key. Reads on the answer path are lock-free.
 type slot struct {
-	key    cacheKey
-	pinned bool // belongs to a configured alias: never evicted, refreshed on a schedule
+	key cacheKey
 
 	good atomic.Pointer[entry]   // the last successful resolution, positive or negative
 	fail atomic.Pointer[failure] // the last failure, cleared by the next success
@@ -60,11 +66,21 @@ type slot struct {
 	mu     sync.Mutex
 	flight *flight
 
-	// Refresh schedule of a pinned slot, guarded by cache.schedMu.
-	due     time.Time
+	// Refresh schedule of a pinned slot, guarded by cache.schedMu. The fields are small (due as
+	// an offset, index as int32) because a pinned slot exists per configured target and type.
+	due     int64 // when the refresh is due, in nanoseconds since the cache's epoch
 	backoff time.Duration
-	index   int  // position in the schedule heap, -1 when not in it
-	tried   bool // the startup round has tried this slot once
+	index   int32 // position in the schedule heap, -1 when not in it
+	tried   bool  // the startup round has tried this slot once
+
+	pinned bool // belongs to a configured alias: never evicted, refreshed on a schedule
+}
+
+// pinnedTarget holds the pinned slots of one configured target, A and AAAA, side by side: one
+// allocation per target, found by name, instead of two slots and two entries in the map of
+// on-demand slots (about 100 bytes per key in a Go map of this key type).
+type pinnedTarget struct {
+	slots [2]slot // by qtypeIndex
 }
 
 // source says where an answer comes from, for the failure ladder and metrics.
@@ -125,16 +141,20 @@ type cache struct {
 	// for are not paced: they are bounded by coalescing and by the cache's capacity.
 	limiter *rate.Limiter
 
-	mu     sync.RWMutex
-	slots  map[cacheKey]*slot
-	demand int // slots made on demand (not pinned)
+	mu sync.RWMutex
+	// slots holds the slots made on demand; pinned holds the configured targets' by name.
+	slots   map[cacheKey]*slot
+	pinned  map[string]*pinnedTarget
+	pinSlab []pinnedTarget // reserved by reservePins: pin takes from it, one allocation for all
+	demand  int            // slots made on demand (len(slots) less the ECS scopes' bookkeeping)
 	// addrSets shares one copy of each address RRset between the entries that hold it.
 	addrSets addrSets
 	ecs      scopeIndex // the slots of client networks (ecs.go)
 
 	schedMu  sync.Mutex
 	schedule refreshHeap
-	pending  int // pinned slots the startup round has not tried yet
+	epoch    time.Time // what slot.due counts from
+	pending  int       // pinned slots the startup round has not tried yet
 
 	base   context.Context // cancelled on stop: ends every background resolution
 	cancel context.CancelFunc
@@ -162,6 +182,8 @@ func newCache(resolve resolveFunc) *cache {
 		timeout:  defaultTimeout,
 		capacity: defaultCapacity,
 		slots:    make(map[cacheKey]*slot),
+		pinned:   make(map[string]*pinnedTarget),
+		epoch:    time.Now(),
 		base:     base,
 		cancel:   cancel,
 		kick:     make(chan struct{}, 1),
@@ -171,27 +193,95 @@ func newCache(resolve resolveFunc) *cache {
 	return c
 }
 
-// setRefreshRate sets the pace of background upstream queries, qps per second with no burst:
-// the rate is never exceeded in any one-second window (beyond the first query).
+// setRefreshRate sets the pace of background upstream queries to at most qps in any one-second
+// window, counting the first. The token bucket (burst 1) lets one question out per interval; the
+// interval is 2% longer than 1/qps, so that the window holds qps questions and not qps+1, and
+// questions that leave up to 20 ms late (a busy core, the Go scheduler) still do not crowd more
+// than qps into any second as they arrive upstream: the resolver sees the rate it was promised.
 func (c *cache) setRefreshRate(qps int) {
-	c.limiter = rate.NewLimiter(rate.Limit(qps), 1)
+	c.limiter = rate.NewLimiter(rate.Every(refreshInterval(qps)), 1)
 	c.base = withLimiter(c.base, c.limiter)
 }
 
-// pin returns the pinned slot for k, making it if needed. Called at setup, before start.
+// refreshInterval is the time between two paced questions at refresh_rate qps.
+func refreshInterval(qps int) time.Duration {
+	return time.Second * 102 / time.Duration(100*qps)
+}
+
+// reservePins makes room for n configured targets in one allocation, so that 100,000 aliases
+// cost the garbage collector one object to mark instead of 100,000. Called at setup.
+func (c *cache) reservePins(n int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.pinSlab = make([]pinnedTarget, n)
+	if len(c.pinned) == 0 {
+		c.pinned = make(map[string]*pinnedTarget, n)
+	}
+}
+
+// pin returns the pinned slot for k, making the target's pair of slots if needed. Called at
+// setup, before start. A slot made on demand for the same key is taken over.
 func (c *cache) pin(k cacheKey) *slot {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if s, ok := c.slots[k]; ok {
-		if !s.pinned {
-			s.pinned = true
-			c.demand--
+	p := c.pinned[k.name]
+	if p == nil {
+		if len(c.pinSlab) > 0 {
+			p, c.pinSlab = &c.pinSlab[0], c.pinSlab[1:]
+		} else {
+			p = new(pinnedTarget)
 		}
-		return s
+		for i, qtype := range [2]uint16{dns.TypeA, dns.TypeAAAA} {
+			s := &p.slots[i]
+			s.key = cacheKey{name: k.name, qtype: qtype}
+			s.pinned, s.index = true, -1
+			if old := c.slots[s.key]; old != nil {
+				s.good.Store(old.good.Load())
+				delete(c.slots, s.key)
+				c.demand--
+			}
+		}
+		c.pinned[k.name] = p
 	}
-	s := &slot{key: k, pinned: true, index: -1}
-	c.slots[k] = s
-	return s
+	return &p.slots[qtypeIndex(k.qtype)]
+}
+
+// lookupLocked returns the slot for k, pinned or on demand; c.mu is held.
+func (c *cache) lookupLocked(k cacheKey) *slot {
+	if !k.scope.IsValid() {
+		if p := c.pinned[k.name]; p != nil {
+			return &p.slots[qtypeIndex(k.qtype)]
+		}
+	}
+	return c.slots[k]
+}
+
+// eachLocked calls fn for every slot, pinned and on demand; c.mu is held.
+func (c *cache) eachLocked(fn func(*slot)) {
+	for _, s := range c.slots {
+		fn(s)
+	}
+	for _, p := range c.pinned {
+		for i := range p.slots {
+			fn(&p.slots[i])
+		}
+	}
+}
+
+// countLocked is the number of slots, for the entries gauge; c.mu is held.
+func (c *cache) countLocked() int { return len(c.slots) + 2*len(c.pinned) }
+
+// sibling returns the other address type's slot of a pinned target.
+func (c *cache) sibling(s *slot) *slot {
+	if !s.pinned {
+		return nil
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if p := c.pinned[s.key.name]; p != nil {
+		return &p.slots[1-qtypeIndex(s.key.qtype)]
+	}
+	return nil
 }
 
 // slotFor returns the slot for k, making an on-demand one if needed and evicting another
@@ -202,7 +292,7 @@ func (c *cache) slotFor(k cacheKey) *slot {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if s, ok := c.slots[k]; ok {
+	if s := c.lookupLocked(k); s != nil {
 		return s
 	}
 	if c.demand >= c.capacity {
@@ -212,7 +302,7 @@ func (c *cache) slotFor(k cacheKey) *slot {
 	c.slots[k] = s
 	c.demand++
 	c.countScoped(k, 1)
-	cacheEntries.WithLabelValues(c.server).Set(float64(len(c.slots)))
+	cacheEntries.WithLabelValues(c.server).Set(float64(c.countLocked()))
 	return s
 }
 
@@ -224,13 +314,10 @@ func (c *cache) evictLocked() {
 	var victim *slot
 	looked := 0
 	for _, s := range c.slots {
-		if s.pinned {
-			continue
-		}
 		if victim == nil {
 			victim = s
 		}
-		if e := s.good.Load(); e == nil || now.After(e.expires) {
+		if e := s.good.Load(); e == nil || now.After(e.expires()) {
 			victim = s
 			break
 		}
@@ -249,13 +336,13 @@ func (c *cache) evictLocked() {
 func (c *cache) existing(k cacheKey) *slot {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return c.slots[k]
+	return c.lookupLocked(k)
 }
 
 func (c *cache) len() int {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return len(c.slots)
+	return c.countLocked()
 }
 
 // get returns what to answer for s: an entry and where it comes from. It asks upstream only when
@@ -269,8 +356,8 @@ func (c *cache) len() int {
 func (c *cache) get(ctx context.Context, s *slot, nested bool) (*entry, source, *resolveError) {
 	now := c.now()
 	e := s.good.Load()
-	if e != nil && now.Before(e.expires) {
-		if !s.pinned && e.expires.Sub(now) < time.Duration(float64(e.lifetime)*c.prefetch) {
+	if e != nil && now.Before(e.expires()) {
+		if !s.pinned && e.expires().Sub(now) < time.Duration(float64(e.lifetime)*c.prefetch) {
 			c.refreshAsync(ctx, s)
 		}
 		return e, srcFresh, nil
@@ -317,7 +404,7 @@ func (c *cache) peek(s *slot, now time.Time) (*entry, source, *resolveError) {
 	}
 	e := s.good.Load()
 	switch {
-	case e != nil && now.Before(e.expires):
+	case e != nil && now.Before(e.expires()):
 		return e, srcFresh, nil
 	case c.usable(e, now):
 		return e, srcStale, err
@@ -327,7 +414,7 @@ func (c *cache) peek(s *slot, now time.Time) (*entry, source, *resolveError) {
 
 // usable reports whether e may still be served, fresh or stale.
 func (c *cache) usable(e *entry, now time.Time) bool {
-	return e != nil && now.Before(e.expires.Add(c.stale))
+	return e != nil && now.Before(e.expires().Add(c.stale))
 }
 
 func (c *cache) staleOr(e *entry, now time.Time, err *resolveError) (*entry, source, *resolveError) {
@@ -413,6 +500,7 @@ func (c *cache) run(ctx context.Context, s *slot, fl *flight) {
 		s.fail.Store(&failure{err: re, at: now, until: now.Add(failureTTL)})
 		fl.err = re
 	} else {
+		c.shareHops(s, ch)
 		fl.entry = c.newEntry(ch, now)
 		c.store(ctx, s, fl.entry, ch)
 		s.fail.Store(nil)
@@ -427,9 +515,30 @@ func (c *cache) run(ctx context.Context, s *slot, fl *flight) {
 
 func (c *cache) newEntry(ch *chain, now time.Time) *entry {
 	ch.addrs = c.addrSets.intern(ch.addrs)
+	for i := range ch.hops {
+		// The names a chain leads to repeat across entries (the agency pattern: many targets, a
+		// few servers): one copy of each, as for address RRsets. The first owner is the key's
+		// own name already; each later one is the hop before's target.
+		ch.hops[i].target = unique.Make(ch.hops[i].target).Value()
+		if i > 0 && ch.hops[i].owner == ch.hops[i-1].target {
+			ch.hops[i].owner = ch.hops[i-1].target
+		}
+	}
 	ttl := min(max(ch.ttl, c.ttlMin), c.ttlMax)
-	life := time.Duration(ttl) * time.Second
-	return &entry{chain: ch, fetched: now, lifetime: life, expires: now.Add(life)}
+	return &entry{chain: *ch, fetched: now, lifetime: time.Duration(ttl) * time.Second}
+}
+
+// shareHops lets the A and AAAA entries of a pinned target share one copy of their CNAME hops
+// when they are the same (the usual case: the chain's CNAMEs do not depend on the type asked).
+func (c *cache) shareHops(s *slot, ch *chain) {
+	if len(ch.hops) == 0 {
+		return
+	}
+	if sib := c.sibling(s); sib != nil {
+		if e := sib.good.Load(); e != nil && slices.Equal(e.chain.hops, ch.hops) {
+			ch.hops = e.chain.hops
+		}
+	}
 }
 
 // ttl is the TTL to answer with from e at now: the time left, counting down like a resolver's
@@ -465,12 +574,12 @@ func (c *cache) adopt() {
 		return
 	}
 	old.mu.RLock()
-	entries := make(map[cacheKey]*entry, len(old.slots))
-	for k, s := range old.slots {
+	entries := make(map[cacheKey]*entry, old.countLocked())
+	old.eachLocked(func(s *slot) {
 		if e := s.good.Load(); e != nil {
-			entries[k] = e
+			entries[s.key] = e
 		}
-	}
+	})
 	old.mu.RUnlock()
 	for k, e := range entries {
 		// This cache's own slot (pinned for its aliases), or one on demand within its capacity.
@@ -486,14 +595,16 @@ func (c *cache) start() {
 	now := c.now()
 	c.schedMu.Lock()
 	c.mu.RLock()
-	for _, s := range c.slots {
-		if s.pinned && s.index < 0 {
-			s.due = now
-			heap.Push(&c.schedule, s)
-			c.pending++
+	for _, p := range c.pinned {
+		for i := range p.slots {
+			if s := &p.slots[i]; s.index < 0 {
+				s.due = c.since(now)
+				heap.Push(&c.schedule, s)
+				c.pending++
+			}
 		}
 	}
-	cacheEntries.WithLabelValues(c.server).Set(float64(len(c.slots)))
+	cacheEntries.WithLabelValues(c.server).Set(float64(c.countLocked()))
 	c.mu.RUnlock()
 	c.schedMu.Unlock()
 	c.spawn(c.refresher)
@@ -564,8 +675,7 @@ func (c *cache) runDue() time.Duration {
 			return time.Hour
 		}
 		s := c.schedule[0]
-		if s.due.After(now) {
-			wait := s.due.Sub(now) // s.due is guarded by schedMu
+		if wait := time.Duration(s.due - c.since(now)); wait > 0 { // s.due is guarded by schedMu
 			c.schedMu.Unlock()
 			return wait
 		}
@@ -599,7 +709,7 @@ func (c *cache) refreshPinned(s *slot) {
 	// stores the entry before it clears the flight under this lock) and not resolved again.
 	var fl *flight
 	s.mu.Lock()
-	if e := s.good.Load(); e != nil && c.now().Before(e.expires.Add(-c.refreshLead(e))) {
+	if e := s.good.Load(); e != nil && c.now().Before(e.expires().Add(-c.refreshLead(e))) {
 		// A query resolved it since it was scheduled (at startup, typically): not due yet.
 		s.mu.Unlock()
 		fl = &flight{entry: e}
@@ -626,15 +736,16 @@ func (c *cache) refreshPinned(s *slot) {
 	}
 	if fl.err == nil {
 		s.backoff = 0
-		s.due = fl.entry.expires.Add(-c.refreshLead(fl.entry))
+		s.due = c.since(fl.entry.expires().Add(-c.refreshLead(fl.entry)))
 	} else {
 		s.backoff = min(max(2*s.backoff, minRefresh), maxBackoff)
-		s.due = now.Add(s.backoff)
-		// The refresher retries at s.due: until then the failure stands for clients too, so that
+		retry := now.Add(s.backoff)
+		s.due = c.since(retry)
+		// The refresher retries then: until then the failure stands for clients too, so that
 		// none of them waits on an upstream known to fail (and an alias's next target answers
 		// at once). RFC 9520 3.2 allows up to 5 minutes; the backoff stays under one.
-		if f := s.fail.Load(); f != nil && f.until.Before(s.due) {
-			s.fail.CompareAndSwap(f, &failure{err: f.err, at: f.at, until: s.due})
+		if f := s.fail.Load(); f != nil && f.until.Before(retry) {
+			s.fail.CompareAndSwap(f, &failure{err: f.err, at: f.at, until: retry})
 		}
 	}
 	heap.Push(&c.schedule, s)
@@ -651,18 +762,21 @@ func (c *cache) refreshLead(e *entry) time.Duration {
 	return min(time.Duration(float64(e.lifetime)*c.prefetch), max(e.lifetime-minRefresh, 0))
 }
 
+// since is t as a slot's due time: nanoseconds since the cache's epoch (monotonic when t is).
+func (c *cache) since(t time.Time) int64 { return int64(t.Sub(c.epoch)) }
+
 // refreshHeap orders pinned slots by when they are due.
 type refreshHeap []*slot
 
 func (h refreshHeap) Len() int           { return len(h) }
-func (h refreshHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h refreshHeap) Less(i, j int) bool { return h[i].due < h[j].due }
 func (h refreshHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].index, h[j].index = i, j
+	h[i].index, h[j].index = int32(i), int32(j)
 }
 func (h *refreshHeap) Push(x any) {
 	s := x.(*slot)
-	s.index = len(*h)
+	s.index = int32(len(*h))
 	*h = append(*h, s)
 }
 func (h *refreshHeap) Pop() any {

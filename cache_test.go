@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"runtime/pprof"
 	"strings"
 	"sync"
@@ -246,14 +247,12 @@ func TestCacheCapacityNeverExceeded(t *testing.T) {
 	for i := range 100 {
 		s := c.slotFor(cacheKey{name: fmt.Sprintf("n%d.example.net.", i), qtype: dns.TypeA})
 		c.get(context.Background(), s, false)
-		if n := c.len(); n > 11 {
-			t.Fatalf("after %d names: %d entries, capacity 10 (+1 pinned)", i+1, n)
+		// The pinned target has an A and an AAAA slot.
+		if n := c.len(); n > 12 {
+			t.Fatalf("after %d names: %d entries, capacity 10 (+2 pinned)", i+1, n)
 		}
 	}
-	c.mu.RLock()
-	_, ok := c.slots[pinned.key]
-	c.mu.RUnlock()
-	if !ok {
+	if c.existing(pinned.key) != pinned {
 		t.Errorf("a configured alias's entry was evicted")
 	}
 }
@@ -493,10 +492,10 @@ func TestRefreshRatePacesBackgroundQueries(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	// The most questions in any window of one second, as they arrive: at most the rate, plus
-	// the one a token bucket of size 1 lets through at the window's start, plus 10% for the
-	// scheduling jitter between taking a token and the question's arrival (a question sent late
-	// arrives close to the next one). Without pacing all 80 arrive in one burst.
+	// The most questions in any window of one second, as they arrive: at most the rate. The
+	// pacing leaves 20 ms of slack for questions that leave late and arrive close to the next
+	// one. Without pacing all 80 arrive in one burst; paced at exactly the rate, a window that
+	// starts with a question holds rate+1.
 	most := 0
 	for i := range arrivals {
 		n := 0
@@ -505,8 +504,8 @@ func TestRefreshRatePacesBackgroundQueries(t *testing.T) {
 		}
 		most = max(most, n)
 	}
-	if limit := rate + 1 + rate/10; most > limit {
-		t.Errorf("%d upstream questions in one second, want at most %d (refresh_rate %d)", most, limit, rate)
+	if most > rate {
+		t.Errorf("%d upstream questions in one second, want at most %d (refresh_rate %d)", most, rate, rate)
 	}
 	// The paced round resolved everything.
 	checkAddrs(t, query(t, srv, "udp", fmt.Sprintf("a%d.example.org.", aliases-1), dns.TypeA, 0), fmt.Sprintf("a%d.example.org.", aliases-1), "192.0.2.10")
@@ -528,4 +527,20 @@ func TestRefreshKeepsAliasFreshWithoutQueries(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// TestMemoryPerAlias bounds what a configured alias costs once resolved (the 100,000
+// aliases in under 200 MB): its slots, entries and chain held in as few and as small objects as
+// possible, names and address RRsets shared. It was about 1,130 bytes before the pinned slots
+// left the on-demand map, entries took their chain by value and hops were shared; about 780 after.
+func TestMemoryPerAlias(t *testing.T) {
+	if testing.Short() {
+		t.Skip("resolves 50,000 aliases")
+	}
+	const n = 50_000
+	f, heap := manyAliases(t, n)
+	if per := heap / n; per > 900 {
+		t.Errorf("%d aliases take %d bytes of heap, %d each; want at most 900", n, heap, per)
+	}
+	runtime.KeepAlive(f)
 }

@@ -394,10 +394,10 @@ func (c *cache) covering(k cacheKey, now time.Time, usable bool) (*entry, *slot)
 func (c *cache) getECS(ctx context.Context, shared *slot, sub netip.Prefix, nested bool) (*entry, source, *resolveError) {
 	k := cacheKey{name: shared.key.name, qtype: shared.key.qtype, scope: sub}
 	now := c.now()
-	if e, holder := c.covering(k, now, false); e != nil && now.Before(e.expires) {
+	if e, holder := c.covering(k, now, false); e != nil && now.Before(e.expires()) {
 		// Refresh ahead through the slot that holds the entry, so that the clients of all the
 		// networks it serves start one refresh between them, made for this client's network.
-		if e.expires.Sub(now) < time.Duration(float64(e.lifetime)*c.prefetch) {
+		if e.expires().Sub(now) < time.Duration(float64(e.lifetime)*c.prefetch) {
 			c.refreshAsync(withSubnet(ctx, sub), holder)
 		}
 		return e, srcFresh, nil
@@ -442,7 +442,7 @@ func (c *cache) getECS(ctx context.Context, shared *slot, sub netip.Prefix, nest
 // ladderECS is what a client network gets when its own answer cannot be had fresh.
 func (c *cache) ladderECS(shared *slot, k cacheKey, now time.Time, err *resolveError) (*entry, source, *resolveError) {
 	if e, _ := c.covering(k, now, true); e != nil {
-		if now.Before(e.expires) {
+		if now.Before(e.expires()) {
 			return e, srcFresh, nil // a broader network's answer, fresh: valid for this client
 		}
 		return e, srcStale, err

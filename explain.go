@@ -196,7 +196,7 @@ func (f *Flatten) explainTarget(i int, target string, qtype uint16, now time.Tim
 	if e = s.good.Load(); e != nil {
 		fmt.Fprintf(&b, " refreshed=%s age=%s expires_in=%s chain=%s",
 			e.fetched.UTC().Format(time.RFC3339), now.Sub(e.fetched).Truncate(time.Second),
-			e.expires.Sub(now).Truncate(time.Second), hopList(target, qtype, e.chain))
+			e.expires().Sub(now).Truncate(time.Second), hopList(target, qtype, &e.chain))
 		if e.chain.negative() {
 			if e.chain.nxdomain {
 				b.WriteString(" result=nxdomain")

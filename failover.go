@@ -17,9 +17,7 @@ func (c candidate) entry() *entry {
 		return c.e
 	}
 	e := *c.e
-	ch := *e.chain
-	ch.addrs = c.addrs
-	e.chain = &ch
+	e.chain.addrs = c.addrs
 	return &e
 }
 

@@ -118,15 +118,15 @@ func (rig *faultRig) forgedInCache(t *testing.T) {
 	c := rig.f.cache
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	for k, s := range c.slots {
+	c.eachLocked(func(s *slot) {
 		if e := s.good.Load(); e != nil {
 			for _, a := range entryAddrs(e) {
 				if isForged(a) {
-					t.Errorf("cache entry %s %s holds the forged address %s", k.name, dns.TypeToString[k.qtype], a)
+					t.Errorf("cache entry %s %s holds the forged address %s", s.key.name, dns.TypeToString[s.key.qtype], a)
 				}
 			}
 		}
-	}
+	})
 }
 
 // entryAddrs returns the addresses of a cache entry, sorted.

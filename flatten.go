@@ -173,10 +173,20 @@ func (f *Flatten) initCache(resolve resolveFunc, server string) {
 	// zones, same upstreams (answers resolved elsewhere are not kept).
 	c.identity = server + " " + strings.Join(f.Zones, ",") + " " + strings.Join(f.upstreams, ",")
 	c.base = withServerLabel(c.base, server)
+	targets := map[string]bool{}
+	for _, a := range f.aliases {
+		for _, t := range a.targets {
+			targets[t] = true
+		}
+	}
+	c.reservePins(len(targets))
 	for _, a := range f.aliases {
 		// Every target is pinned, so a failover finds the next target already resolved, and a
 		// recovered primary is seen at its next refresh.
-		a.slots = [2][]*slot{make([]*slot, len(a.targets)), make([]*slot, len(a.targets))}
+		// One array holds both types' slot pointers.
+		n := len(a.targets)
+		both := make([]*slot, 2*n)
+		a.slots = [2][]*slot{both[:n:n], both[n:]}
 		for i, t := range a.targets {
 			a.slots[0][i] = c.pin(cacheKey{name: t, qtype: dns.TypeA})
 			a.slots[1][i] = c.pin(cacheKey{name: t, qtype: dns.TypeAAAA})
@@ -306,7 +316,7 @@ func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg,
 		if c.i > 0 {
 			failoverAnswers.WithLabelValues(server).Inc()
 		}
-		f.noteAnswer(ctx, targets[c.i], c.src.String(), c.e.chain)
+		f.noteAnswer(ctx, targets[c.i], c.src.String(), &c.e.chain)
 		return f.answer(ctx, w, r, zone, c.entry(), c.src, ttlCap)
 	}
 
