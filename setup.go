@@ -150,6 +150,7 @@ func (f *Flatten) parseAlias(c *caddy.Controller) error {
 		return c.Errf("alias '%s' is defined more than once", name)
 	}
 	al := &alias{name: name, zone: zone}
+	al.targets = al.oneTarget[:0:1] // grows out of the alias only for a second target
 	for _, t := range a[1:] {
 		target := strings.ToLower(t)
 		if !strings.HasSuffix(target, ".") {
