@@ -8,7 +8,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unique"
 
 	"github.com/miekg/dns"
 	"golang.org/x/time/rate"
@@ -146,9 +145,11 @@ type cache struct {
 	slots   map[cacheKey]*slot
 	pinned  map[string]*pinnedTarget
 	pinSlab []pinnedTarget // reserved by reservePins: pin takes from it, one allocation for all
-	demand  int            // slots made on demand (len(slots) less the ECS scopes' bookkeeping)
-	// addrSets shares one copy of each address RRset between the entries that hold it.
+	demand  int            // slots made on demand, bounded by capacity
+	// addrSets shares one copy of each address RRset between the entries that hold it, names
+	// one copy of each name a chain leads to.
 	addrSets addrSets
+	names    nameSet
 	ecs      scopeIndex // the slots of client networks (ecs.go)
 
 	schedMu  sync.Mutex
@@ -500,8 +501,8 @@ func (c *cache) run(ctx context.Context, s *slot, fl *flight) {
 		s.fail.Store(&failure{err: re, at: now, until: now.Add(failureTTL)})
 		fl.err = re
 	} else {
-		c.shareHops(s, ch)
 		fl.entry = c.newEntry(ch, now)
+		c.shareHops(s, fl.entry) // before the entry is published: entries are never modified after
 		c.store(ctx, s, fl.entry, ch)
 		s.fail.Store(nil)
 	}
@@ -519,7 +520,7 @@ func (c *cache) newEntry(ch *chain, now time.Time) *entry {
 		// The names a chain leads to repeat across entries (the agency pattern: many targets, a
 		// few servers): one copy of each, as for address RRsets. The first owner is the key's
 		// own name already; each later one is the hop before's target.
-		ch.hops[i].target = unique.Make(ch.hops[i].target).Value()
+		ch.hops[i].target = c.names.intern(ch.hops[i].target)
 		if i > 0 && ch.hops[i].owner == ch.hops[i-1].target {
 			ch.hops[i].owner = ch.hops[i-1].target
 		}
@@ -530,13 +531,14 @@ func (c *cache) newEntry(ch *chain, now time.Time) *entry {
 
 // shareHops lets the A and AAAA entries of a pinned target share one copy of their CNAME hops
 // when they are the same (the usual case: the chain's CNAMEs do not depend on the type asked).
-func (c *cache) shareHops(s *slot, ch *chain) {
-	if len(ch.hops) == 0 {
+// e is new and not yet stored; the sibling's entry is only read.
+func (c *cache) shareHops(s *slot, e *entry) {
+	if len(e.chain.hops) == 0 {
 		return
 	}
 	if sib := c.sibling(s); sib != nil {
-		if e := sib.good.Load(); e != nil && slices.Equal(e.chain.hops, ch.hops) {
-			ch.hops = e.chain.hops
+		if se := sib.good.Load(); se != nil && slices.Equal(se.chain.hops, e.chain.hops) {
+			e.chain.hops = se.chain.hops
 		}
 	}
 }
@@ -866,4 +868,26 @@ func (a *addrSets) intern(rrs []dns.RR) []dns.RR {
 	}
 	a.sets[string(key)] = rrs
 	return rrs
+}
+
+// nameSet shares one copy of each name that chains lead to. Go's unique package would do it
+// without a bound, but its canonical copy is dropped once no Handle refers to it, and entries keep
+// the string, not a Handle: after the next collection the same name would be copied again. The
+// set is bounded like addrSets: when full it starts over.
+type nameSet struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+func (n *nameSet) intern(name string) string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if shared, ok := n.m[name]; ok {
+		return shared
+	}
+	if n.m == nil || len(n.m) >= maxAddrSets {
+		n.m = make(map[string]string)
+	}
+	n.m[name] = name
+	return name
 }

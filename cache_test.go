@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/miekg/dns"
 )
@@ -543,4 +544,28 @@ func TestMemoryPerAlias(t *testing.T) {
 		t.Errorf("%d aliases take %d bytes of heap, %d each; want at most 900", n, heap, per)
 	}
 	runtime.KeepAlive(f)
+}
+
+// TestPinnedTargetSharesHops: the A and AAAA entries of a configured target hold one copy of
+// their CNAME hops, and aliases whose chains lead to the same name hold one copy of that name.
+func TestPinnedTargetSharesHops(t *testing.T) {
+	f, _ := manyAliases(t, 257) // a0 and a256 both lead to s0
+	var targets []string
+	for _, name := range []string{"a0.example.org.", "a256.example.org."} {
+		a := f.aliases[name]
+		if a == nil {
+			t.Fatalf("no alias %s", name)
+		}
+		ea, eaaaa := a.slots[0][0].good.Load(), a.slots[1][0].good.Load()
+		if ea == nil || eaaaa == nil || len(ea.chain.hops) != 1 || len(eaaaa.chain.hops) != 1 {
+			t.Fatalf("%s: entries %v %v, want one hop each", name, ea, eaaaa)
+		}
+		if &ea.chain.hops[0] != &eaaaa.chain.hops[0] {
+			t.Errorf("%s: A and AAAA hold separate copies of the hop %v", name, ea.chain.hops[0])
+		}
+		targets = append(targets, ea.chain.hops[0].target)
+	}
+	if targets[0] != "s0.agency.test." || unsafe.StringData(targets[0]) != unsafe.StringData(targets[1]) {
+		t.Errorf("hop targets %q and %q: want one copy of s0.agency.test.", targets[0], targets[1])
+	}
 }
