@@ -277,12 +277,11 @@ func (c *cache) sibling(s *slot) *slot {
 	if !s.pinned {
 		return nil
 	}
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	if p := c.pinned[s.key.name]; p != nil {
-		return &p.slots[1-qtypeIndex(s.key.qtype)]
+	other := uint16(dns.TypeAAAA)
+	if s.key.qtype == dns.TypeAAAA {
+		other = dns.TypeA
 	}
-	return nil
+	return c.existing(cacheKey{name: s.key.name, qtype: other})
 }
 
 // slotFor returns the slot for k, making an on-demand one if needed and evicting another
@@ -375,6 +374,16 @@ func (c *cache) get(ctx context.Context, s *slot, nested bool) (*entry, source, 
 		return c.staleOr(e, now, f.err)
 	}
 
+	resolved, err := c.await(ctx, s, nested)
+	if err == nil {
+		return resolved, srcResolved, nil
+	}
+	return c.staleOr(e, c.now(), err)
+}
+
+// await resolves s for a client: it joins the flight in progress (or, nested, starts its own;
+// see get) and waits for it, at most the timeout. It returns the entry, or why there is none.
+func (c *cache) await(ctx context.Context, s *slot, nested bool) (*entry, *resolveError) {
 	var fl *flight
 	if nested {
 		fl = c.launch(ctx, s)
@@ -385,15 +394,11 @@ func (c *cache) get(ctx context.Context, s *slot, nested bool) (*entry, source, 
 	defer t.Stop()
 	select {
 	case <-fl.done:
-		if fl.err == nil {
-			return fl.entry, srcResolved, nil
-		}
-		return c.staleOr(e, c.now(), fl.err)
+		return fl.entry, fl.err
 	case <-t.C:
-		return c.staleOr(e, c.now(), errTimeout(s.key.name))
 	case <-ctx.Done():
-		return c.staleOr(e, c.now(), errTimeout(s.key.name))
 	}
+	return nil, errTimeout(s.key.name)
 }
 
 // peek returns what get would answer s with at now, and the failure remembered for it, without

@@ -416,25 +416,9 @@ func (c *cache) getECS(ctx context.Context, shared *slot, sub netip.Prefix, nest
 		}
 	}
 
-	var fl *flight
-	if nested {
-		fl = c.launch(ctx, s)
-	} else {
-		fl = c.join(ctx, s)
-	}
-	t := time.NewTimer(c.timeout)
-	defer t.Stop()
-	var err *resolveError
-	select {
-	case <-fl.done:
-		if fl.err == nil {
-			return fl.entry, srcResolved, nil
-		}
-		err = fl.err
-	case <-t.C:
-		err = errTimeout(k.name)
-	case <-ctx.Done():
-		err = errTimeout(k.name)
+	e, err := c.await(ctx, s, nested)
+	if err == nil {
+		return e, srcResolved, nil
 	}
 	return c.ladderECS(shared, k, c.now(), err)
 }
