@@ -108,7 +108,8 @@ func BenchmarkCachePluginHit(b *testing.B) {
 func BenchmarkFlattenMiss(b *testing.B) {
 	f := newLadderFlatten(benchUpstream(), newFakeClock(), false)
 	f.Next = benchFile(b)
-	s := f.aliases["example.org."].slots[0][0]
+	a := f.aliases["example.org."]
+	s := a.slots(0)[0]
 	ctx := context.Background()
 	w := &packWriter{}
 	q := benchQuery()
@@ -167,8 +168,8 @@ func manyAliases(tb testing.TB, n int) (*Flatten, uint64) {
 	w := &walker{ex: ex, maxDepth: defaultMaxDepth}
 	f.initCache(func(ctx context.Context, k cacheKey) (*chain, error) { return w.resolve(ctx, k.name, k.qtype) }, "")
 	for _, a := range f.aliases {
-		for _, slots := range a.slots {
-			for _, s := range slots {
+		for i := range 2 {
+			for _, s := range a.slots(i) {
 				// As the refresher does: the slot's flight (run) stores the entry.
 				fl := &flight{done: make(chan struct{})}
 				f.cache.run(context.Background(), s, fl)

@@ -195,7 +195,7 @@ func (f *Flatten) echoECS(m, r *dns.Msg, e *entry) {
 		Code:          dns.EDNS0SUBNET,
 		Family:        o.Family,
 		SourceNetmask: o.SourceNetmask,
-		SourceScope:   e.ecsScope,
+		SourceScope:   e.chain.ecsScope,
 		Address:       o.Address,
 	})
 }
@@ -377,7 +377,7 @@ func (c *cache) covering(k cacheKey, now time.Time, usable bool) (*entry, *slot)
 			continue
 		}
 		e := s.good.Load()
-		if e == nil || (e.narrow && l < bits) || (usable && !c.usable(e, now)) {
+		if e == nil || (e.chain.narrow && l < bits) || (usable && !c.usable(e, now)) {
 			continue
 		}
 		return e, s
@@ -397,7 +397,7 @@ func (c *cache) getECS(ctx context.Context, shared *slot, sub netip.Prefix, nest
 	if e, holder := c.covering(k, now, false); e != nil && now.Before(e.expires()) {
 		// Refresh ahead through the slot that holds the entry, so that the clients of all the
 		// networks it serves start one refresh between them, made for this client's network.
-		if e.expires().Sub(now) < time.Duration(float64(e.lifetime)*c.prefetch) {
+		if e.expires().Sub(now) < time.Duration(float64(e.lifetime())*c.prefetch) {
 			c.refreshAsync(withSubnet(ctx, sub), holder)
 		}
 		return e, srcFresh, nil
@@ -435,7 +435,7 @@ func (c *cache) ladderECS(shared *slot, k cacheKey, now time.Time, err *resolveE
 		// The warm answer stands in, served like a stale one (short TTL, EDE 3) and echoed
 		// with the client's whole network as scope: it is nobody's tailored answer.
 		stand := *w
-		stand.ecsScope = uint8(k.scope.Bits())
+		stand.chain.ecsScope = uint8(k.scope.Bits())
 		return &stand, srcStale, err
 	}
 	return nil, srcNone, err
@@ -454,9 +454,9 @@ func (c *cache) store(ctx context.Context, s *slot, e *entry, ch *chain) {
 	if !sent.IsValid() {
 		sent = s.key.scope
 	}
-	e.ecsScope = uint8(min(int(ch.scope), sent.Bits()))
-	e.narrow = int(ch.scope) > sent.Bits()
-	p, _ := sent.Addr().Prefix(int(e.ecsScope))
+	e.chain.ecsScope = uint8(min(int(ch.scope), sent.Bits()))
+	e.chain.narrow = int(ch.scope) > sent.Bits()
+	p, _ := sent.Addr().Prefix(int(e.chain.ecsScope))
 	if p == s.key.scope {
 		s.good.Store(e)
 		return

@@ -104,8 +104,8 @@ func (f *Flatten) mayExplain(addr net.Addr) bool {
 // explainTargets returns the targets NAME follows, how it comes to follow them (alias,
 // zone_alias, cname) and, for cname, the chain inside the zone that leads to them.
 func (f *Flatten) explainTargets(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, name string) ([]string, string, string) {
-	if a := f.aliases[name]; a != nil {
-		return a.targets, "alias", ""
+	if a, ok := f.aliases[name]; ok {
+		return a.targets(), "alias", ""
 	}
 	if f.zoneAliases != nil {
 		if za := f.zoneAliasFor(ctx, w, r, name); za.target != "" {
@@ -125,8 +125,8 @@ func (f *Flatten) explainTargets(ctx context.Context, w dns.ResponseWriter, r *d
 		return nil, "", "" // not a chain, or one the zone answers itself
 	}
 	via := chainString(name, c)
-	if a := f.aliases[end]; a != nil {
-		return a.targets, "cname", via
+	if a, ok := f.aliases[end]; ok {
+		return a.targets(), "cname", via
 	}
 	if plugin.Zones(f.Zones).Matches(end) != "" {
 		return nil, "", ""
@@ -195,7 +195,7 @@ func (f *Flatten) explainTarget(i int, target string, qtype uint16, now time.Tim
 	}
 	if e = s.good.Load(); e != nil {
 		fmt.Fprintf(&b, " refreshed=%s age=%s expires_in=%s chain=%s",
-			e.fetched.UTC().Format(time.RFC3339), now.Sub(e.fetched).Truncate(time.Second),
+			e.fetchedAt().UTC().Format(time.RFC3339), now.Sub(e.fetchedAt()).Truncate(time.Second),
 			e.expires().Sub(now).Truncate(time.Second), hopList(target, qtype, &e.chain))
 		if e.chain.negative() {
 			if e.chain.nxdomain {

@@ -105,11 +105,11 @@ func newFaultRig(t *testing.T, lines ...string) *faultRig {
 // slot returns the cache slot of alias name (a lowercased FQDN) for qtype.
 func (rig *faultRig) slot(t *testing.T, name string, qtype uint16) *slot {
 	t.Helper()
-	a := rig.f.aliases[name]
-	if a == nil {
+	a, ok := rig.f.aliases[name]
+	if !ok {
 		t.Fatalf("no alias %q", name)
 	}
-	return a.slots[qtypeIndex(qtype)][0]
+	return a.slots(qtypeIndex(qtype))[0]
 }
 
 // forgedInCache fails the test if any entry of the cache, for any key, holds a forged address.
@@ -765,8 +765,8 @@ func TestFaults(t *testing.T) {
 				if got := entryAddrs(e); !slices.Equal(got, tc.cached) || e.chain.negative() != tc.negative {
 					t.Errorf("cached %v (negative %v), want %v (negative %v)", got, e.chain.negative(), tc.cached, tc.negative)
 				}
-				if tc.lifetime != 0 && e.lifetime != tc.lifetime {
-					t.Errorf("cached for %v, want %v", e.lifetime, tc.lifetime)
+				if tc.lifetime != 0 && e.lifetime() != tc.lifetime {
+					t.Errorf("cached for %v, want %v", e.lifetime(), tc.lifetime)
 				}
 			}
 			fl := s.fail.Load()

@@ -42,8 +42,8 @@ type Flatten struct {
 	Next  plugin.Handler
 	Zones []string
 
-	aliases    map[string]*alias // by lowercased name
-	upstreams  []string          // resolver addresses; empty: resolve through this server
+	aliases    map[string]alias // by lowercased name; held by value (see alias)
+	upstreams  []string         // resolver addresses; empty: resolve through this server
 	maxDepth   int
 	timeout    time.Duration
 	ttlMin     uint32
@@ -77,24 +77,48 @@ type Flatten struct {
 	proxies *proxyExchanger // set when resolving through upstream addresses
 }
 
-// alias is one configured `alias NAME TARGET...`.
+// alias is one configured `alias NAME TARGET...`. Aliases are held by value in the map of
+// aliases, and one target (the usual case) with its slots is held inside the alias: the lookup
+// that finds an alias has then loaded everything an answer needs but the slot's entry. With
+// 100,000 aliases every separate object on the answer path is another cache miss; the alias
+// is 72 bytes, small enough for a Go map to keep it beside its key (up to 128).
 type alias struct {
-	name    string   // lowercased FQDN
-	zone    string   // the zone of ZONES that holds name
-	targets []string // lowercased FQDNs, in order of preference
-	// slots holds, per address type (qtypeIndex), the slot of each target, in targets' order.
-	slots [2][]*slot
-	// Storage for targets and slots when there is one target, the usual case: inside the alias,
-	// so that an answer finds them in the memory it has already loaded for the alias. With
-	// 100,000 aliases every separate object on the answer path is another cache miss.
+	name string // lowercased FQDN
+	zone string // the zone of ZONES that holds name
+	// The single target and its slots by address type (qtypeIndex); with failover, the first.
 	oneTarget [1]string
 	oneSlots  [2]*slot
+	more      *targetList // every target, with more than one; nil otherwise
+}
+
+// targetList holds the targets of an alias that has more than one, in order of preference,
+// and per address type (qtypeIndex) the slot of each, in the same order.
+type targetList struct {
+	targets []string
+	slots   [2][]*slot
+}
+
+// targets returns a's targets (lowercased FQDNs), in order of preference. For one target the
+// slice is a's own storage: a caller holding a copy of the alias gets a slice of its copy.
+func (a *alias) targets() []string {
+	if a.more != nil {
+		return a.more.targets
+	}
+	return a.oneTarget[:]
+}
+
+// slots returns the slot of each target for an address type (qtypeIndex), in targets' order.
+func (a *alias) slots(i int) []*slot {
+	if a.more != nil {
+		return a.more.slots[i]
+	}
+	return a.oneSlots[i : i+1]
 }
 
 // New returns a Flatten with the default settings and no aliases.
 func New() *Flatten {
 	return &Flatten{
-		aliases:     make(map[string]*alias),
+		aliases:     make(map[string]alias),
 		maxDepth:    defaultMaxDepth,
 		timeout:     defaultTimeout,
 		ttlMin:      defaultTTLMin,
@@ -136,8 +160,8 @@ func (f *Flatten) prepare(server string) {
 func (f *Flatten) aliasAddrs() []netip.Addr {
 	var out []netip.Addr
 	for _, a := range f.aliases {
-		for _, slots := range a.slots {
-			for _, s := range slots {
+		for i := range 2 {
+			for _, s := range a.slots(i) {
 				e := s.good.Load()
 				if e == nil {
 					continue
@@ -180,25 +204,28 @@ func (f *Flatten) initCache(resolve resolveFunc, server string) {
 	c.base = withServerLabel(c.base, server)
 	targets := map[string]bool{}
 	for _, a := range f.aliases {
-		for _, t := range a.targets {
+		for _, t := range a.targets() {
 			targets[t] = true
 		}
 	}
 	c.reservePins(len(targets))
-	for _, a := range f.aliases {
+	for name, a := range f.aliases {
 		// Every target is pinned, so a failover finds the next target already resolved, and a
 		// recovered primary is seen at its next refresh.
-		// One array holds both types' slot pointers: the alias's own for a single target.
-		n := len(a.targets)
-		both := a.oneSlots[:]
-		if n > 1 {
-			both = make([]*slot, 2*n)
+		if a.more == nil {
+			a.oneSlots[0] = c.pin(cacheKey{name: a.oneTarget[0], qtype: dns.TypeA})
+			a.oneSlots[1] = c.pin(cacheKey{name: a.oneTarget[0], qtype: dns.TypeAAAA})
+			f.aliases[name] = a
+			continue
 		}
-		a.slots = [2][]*slot{both[:n:n], both[n:]}
-		for i, t := range a.targets {
-			a.slots[0][i] = c.pin(cacheKey{name: t, qtype: dns.TypeA})
-			a.slots[1][i] = c.pin(cacheKey{name: t, qtype: dns.TypeAAAA})
+		n := len(a.more.targets)
+		both := make([]*slot, 2*n) // one array for both types' slot pointers
+		a.more.slots = [2][]*slot{both[:n:n], both[n:]}
+		for i, t := range a.more.targets {
+			a.more.slots[0][i] = c.pin(cacheKey{name: t, qtype: dns.TypeA})
+			a.more.slots[1][i] = c.pin(cacheKey{name: t, qtype: dns.TypeAAAA})
 		}
+		a.oneSlots = [2]*slot{a.more.slots[0][0], a.more.slots[1][0]}
 	}
 	f.cache = c
 }
@@ -266,8 +293,8 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	qtype := r.Question[0].Qtype
 
 	// A configured alias: answered from memory, without looking at the zone.
-	if a := f.aliases[name]; a != nil {
-		return f.flatten(ctx, w, r, a.zone, math.MaxUint32, a.targets, a.slots[qtypeIndex(qtype)])
+	if a, ok := f.aliases[name]; ok {
+		return f.flatten(ctx, w, r, a.zone, math.MaxUint32, a.targets(), a.slots(qtypeIndex(qtype)))
 	}
 	zone := plugin.Zones(f.Zones).Matches(name)
 	if zone == "" {
@@ -413,8 +440,8 @@ func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns
 	}
 	// The chain ends at a name flattened here: answer with what that name answers with. Asking
 	// upstream would ask the world for our own name (or ourselves, for a loop).
-	if a := f.aliases[end]; a != nil {
-		return f.flatten(ctx, w, r, zone, c.ttl, a.targets, a.slots[qtypeIndex(q.Qtype)])
+	if a, ok := f.aliases[end]; ok {
+		return f.flatten(ctx, w, r, zone, c.ttl, a.targets(), a.slots(qtypeIndex(q.Qtype)))
 	}
 	if f.zoneAliases != nil && plugin.Zones(f.Zones).Matches(end) != "" {
 		if za := f.zoneAliasFor(ctx, w, r, end); za.target != "" {

@@ -41,6 +41,13 @@ type chain struct {
 	// scope is the longest ECS SCOPE PREFIX-LENGTH of the answers on the chain: the whole chain
 	// is cached for it (RFC 7871 7.2.1, for "message-focused resolvers").
 	scope uint8
+	// Set by the cache when it keeps the chain for a client network (`ecs`, ecs.go): the SCOPE
+	// PREFIX-LENGTH echoed to clients, and whether the upstream wanted a longer prefix than it
+	// was sent. They sit here, in what would be the struct's padding, so that an entry (a chain
+	// and when it was fetched) is 64 bytes: one cache line per answer, and with 100,000 aliases
+	// 64 bytes less per alias than a separate field in the entry would cost.
+	ecsScope uint8
+	narrow   bool
 }
 
 func (c *chain) negative() bool { return len(c.addrs) == 0 }

@@ -149,8 +149,7 @@ func (f *Flatten) parseAlias(c *caddy.Controller) error {
 	if _, dup := f.aliases[name]; dup {
 		return c.Errf("alias '%s' is defined more than once", name)
 	}
-	al := &alias{name: name, zone: zone}
-	al.targets = al.oneTarget[:0:1] // grows out of the alias only for a second target
+	var targets []string
 	for _, t := range a[1:] {
 		target := strings.ToLower(t)
 		if !strings.HasSuffix(target, ".") {
@@ -162,10 +161,14 @@ func (f *Flatten) parseAlias(c *caddy.Controller) error {
 		if target == name {
 			return c.Errf("alias '%s' points at itself", a[0])
 		}
-		if slices.Contains(al.targets, target) {
+		if slices.Contains(targets, target) {
 			return c.Errf("alias '%s' lists target '%s' more than once", a[0], t)
 		}
-		al.targets = append(al.targets, target)
+		targets = append(targets, target)
+	}
+	al := alias{name: name, zone: zone, oneTarget: [1]string{targets[0]}}
+	if len(targets) > 1 {
+		al.more = &targetList{targets: targets}
 	}
 	f.aliases[name] = al
 	return nil
