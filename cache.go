@@ -3,7 +3,6 @@ package flatten
 import (
 	"container/heap"
 	"context"
-	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -18,8 +17,8 @@ type cacheKey struct {
 	name  string // the target, a lowercased FQDN
 	qtype uint16 // dns.TypeA or dns.TypeAAAA
 	// scope is the client network (EDNS Client Subnet, RFC 7871 7.3) the answer is for, with
-	// `ecs` (ecs.go); the zero Prefix means every client.
-	scope netip.Prefix
+	// `ecs` (ecs.go); the zero subnet means every client.
+	scope subnet
 }
 
 // entry is one resolved chain and when it was fetched. Entries are never modified once stored.

@@ -221,7 +221,7 @@ func subnetFrom(ctx context.Context) netip.Prefix {
 // client's network, not its own: RFC 7871 7.1.1 says refreshes use the longest SOURCE
 // PREFIX-LENGTH we are willing to cache, even when an answer said a shorter one was enough.
 func subnetFor(ctx context.Context, s *slot) context.Context {
-	p, sub := s.key.scope, subnetFrom(ctx)
+	p, sub := s.key.scope.prefix(), subnetFrom(ctx)
 	if !p.IsValid() {
 		if sub.IsValid() {
 			return withSubnet(ctx, netip.Prefix{})
@@ -311,6 +311,40 @@ func answerScope(resp *dns.Msg) uint8 {
 // was tailored to flatten's own address, so it is never served in place of an answer for the
 // client's network, only as the last stand-in before the zone's fallback records.
 
+// subnet is a client network as a cache key holds it. A netip.Prefix is 32 bytes (its Addr has
+// room for an IPv6 zone, which a network never has); this is 18, and makes every slot, pinned
+// ones included, 96 bytes instead of 112: 32 bytes less per configured target. Equal networks
+// give equal subnets, so it compares as the Prefix would. The zero subnet is no network.
+type subnet struct {
+	addr [16]byte // the network's address, IPv4 as IPv4-mapped IPv6
+	bits uint8    // the prefix length plus one; 0: no network
+	is4  bool
+}
+
+func subnetOf(p netip.Prefix) subnet {
+	if !p.IsValid() {
+		return subnet{}
+	}
+	return subnet{addr: p.Addr().As16(), bits: uint8(p.Bits() + 1), is4: p.Addr().Is4()}
+}
+
+// prefix is the network as a netip.Prefix; the zero Prefix for no network.
+func (s subnet) prefix() netip.Prefix {
+	if s.bits == 0 {
+		return netip.Prefix{}
+	}
+	a := netip.AddrFrom16(s.addr)
+	if s.is4 {
+		a = a.Unmap()
+	}
+	return netip.PrefixFrom(a, int(s.bits)-1)
+}
+
+func (s subnet) IsValid() bool    { return s.bits != 0 }
+func (s subnet) Bits() int        { return int(s.bits) - 1 }
+func (s subnet) Addr() netip.Addr { return s.prefix().Addr() }
+func (s subnet) String() string   { return s.prefix().String() }
+
 // scopeIndex counts, per target, address type and family, the client-network slots at each prefix
 // length, so that finding the most specific network that holds a client (RFC 7871 7.3.2: longest
 // prefix match) probes only the lengths in use. Guarded by cache.mu.
@@ -330,7 +364,7 @@ func familyKey(k cacheKey) cacheKey {
 	if k.scope.Addr().Is4() {
 		zero = netip.IPv4Unspecified()
 	}
-	return cacheKey{name: k.name, qtype: k.qtype, scope: netip.PrefixFrom(zero, 0)}
+	return cacheKey{name: k.name, qtype: k.qtype, scope: subnetOf(netip.PrefixFrom(zero, 0))}
 }
 
 // countScoped records that a slot for k was made (d = 1) or dropped (d = -1). Called with c.mu held.
@@ -372,7 +406,7 @@ func (c *cache) covering(k cacheKey, now time.Time, usable bool) (*entry, *slot)
 			continue
 		}
 		p, _ := k.scope.Addr().Prefix(l)
-		s := c.slots[cacheKey{name: k.name, qtype: k.qtype, scope: p}]
+		s := c.slots[cacheKey{name: k.name, qtype: k.qtype, scope: subnetOf(p)}]
 		if s == nil {
 			continue
 		}
@@ -392,7 +426,7 @@ func (c *cache) covering(k cacheKey, now time.Time, usable bool) (*entry, *slot)
 // most specific entry still within the stale window (the client's network, then broader ones down
 // to the shared scope 0), then the warm answer; else nothing, and the caller's fallback.
 func (c *cache) getECS(ctx context.Context, shared *slot, sub netip.Prefix, nested bool) (*entry, source, *resolveError) {
-	k := cacheKey{name: shared.key.name, qtype: shared.key.qtype, scope: sub}
+	k := cacheKey{name: shared.key.name, qtype: shared.key.qtype, scope: subnetOf(sub)}
 	now := c.now()
 	if e, holder := c.covering(k, now, false); e != nil && now.Before(e.expires()) {
 		// Refresh ahead through the slot that holds the entry, so that the clients of all the
@@ -452,17 +486,17 @@ func (c *cache) store(ctx context.Context, s *slot, e *entry, ch *chain) {
 	}
 	sent := subnetFrom(ctx) // subnetFor set it
 	if !sent.IsValid() {
-		sent = s.key.scope
+		sent = s.key.scope.prefix()
 	}
 	e.chain.ecsScope = uint8(min(int(ch.scope), sent.Bits()))
 	e.chain.narrow = int(ch.scope) > sent.Bits()
 	p, _ := sent.Addr().Prefix(int(e.chain.ecsScope))
-	if p == s.key.scope {
+	if subnetOf(p) == s.key.scope {
 		s.good.Store(e)
 		return
 	}
-	c.slotFor(cacheKey{name: s.key.name, qtype: s.key.qtype, scope: p}).good.Store(e)
-	if s.key.scope == sent {
+	c.slotFor(cacheKey{name: s.key.name, qtype: s.key.qtype, scope: subnetOf(p)}).good.Store(e)
+	if s.key.scope == subnetOf(sent) {
 		// The answer for this network now lives in a broader slot (or the upstream narrowed it);
 		// an older answer left here would shadow it. The slot only held the flight: drop it.
 		c.drop(s)
