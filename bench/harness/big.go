@@ -24,16 +24,22 @@ type bigResult struct {
 	RefreshRate int `json:"refresh_rate"` // written to the Corefile; 0: the plugin's default
 	// From exec to the ready plugin's 200 (every alias resolved or tried), and from the target's
 	// first upstream query to its last.
-	StartupSeconds float64  `json:"startup_s"`
-	SpanSeconds    float64  `json:"target_span_s"`
-	Upstream       int      `json:"upstream_startup"`
-	MaxPerSecond   int      `json:"max_upstream_per_1s"`
-	Names          int      `json:"distinct_names"`
-	MaxPerNameType int      `json:"max_per_name_type"`
-	RSSReadyKB     int      `json:"rss_ready_kb"`
-	RSSAfterKB     int      `json:"rss_after_kb"`
-	HWMKB          int      `json:"hwm_kb"`
-	OneRSSKB       int      `json:"one_rss_kb"`
+	StartupSeconds float64 `json:"startup_s"`
+	SpanSeconds    float64 `json:"target_span_s"`
+	Upstream       int     `json:"upstream_startup"`
+	MaxPerSecond   int     `json:"max_upstream_per_1s"`
+	Names          int     `json:"distinct_names"`
+	MaxPerNameType int     `json:"max_per_name_type"`
+	RSSReadyKB     int     `json:"rss_ready_kb"`
+	RSSAfterKB     int     `json:"rss_after_kb"`
+	HWMKB          int     `json:"hwm_kb"`
+	OneRSSKB       int     `json:"one_rss_kb"`
+	// What VmRSS after the load is made of: pages of the binary (file-backed, shared with the
+	// page cache) and anonymous memory (Go's heap, stacks, runtime), for both servers.
+	FileAfterKB    int      `json:"rss_file_after_kb"`
+	AnonAfterKB    int      `json:"rss_anon_after_kb"`
+	OneFileAfterKB int      `json:"one_rss_file_after_kb"`
+	OneAnonAfterKB int      `json:"one_rss_anon_after_kb"`
 	Sample         int      `json:"sample_names"`
 	Runs           []bigRun `json:"runs"`
 	BigQPS         float64  `json:"big_qps"`
@@ -184,6 +190,8 @@ func (h *harness) big() (*bigResult, error) {
 	res.BigQPS, res.OneQPS, res.Ratio = median(bq), median(oq), median(ratios)
 	res.RSSAfterKB = procStatus(big.pid, "VmRSS")
 	res.HWMKB = procStatus(big.pid, "VmHWM")
+	res.FileAfterKB, res.AnonAfterKB = procStatus(big.pid, "RssFile"), procStatus(big.pid, "RssAnon")
+	res.OneFileAfterKB, res.OneAnonAfterKB = procStatus(one.pid, "RssFile"), procStatus(one.pid, "RssAnon")
 	if st, err := targetStats(tport); err == nil {
 		res.UpstreamLoad = atoi(st["total"])
 	}

@@ -62,6 +62,8 @@ func render(r *results) string {
 		}
 		p("| VmRSS after warm-up / after the load / VmHWM | %.1f / %.1f / %.1f MB |\n", mb(g.RSSReadyKB), mb(g.RSSAfterKB), mb(g.HWMKB))
 		p("| VmRSS of the one-alias server | %.1f MB |\n", mb(g.OneRSSKB))
+		p("| after the load, file-backed (the binary's pages) / anonymous (heap, stacks): %d aliases; one alias | %.1f / %.1f MB; %.1f / %.1f MB |\n",
+			g.Aliases, mb(g.FileAfterKB), mb(g.AnonAfterKB), mb(g.OneFileAfterKB), mb(g.OneAnonAfterKB))
 		p("| hit-path max QPS, %d sampled names (median) | %.0f |\n", g.Sample, g.BigQPS)
 		p("| hit-path max QPS, one alias (median) | %.0f |\n", g.OneQPS)
 		p("| runs repeated (others took the cores) | %d |\n", g.Retries)
