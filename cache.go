@@ -526,6 +526,8 @@ func (c *cache) run(ctx context.Context, s *slot, fl *flight) {
 	close(fl.done)
 }
 
+// newEntry makes the entry for ch, resolved at now. It takes ch over: its address RRset and names
+// become the shared copies, and its ttl the lifetime.
 func (c *cache) newEntry(ch *chain, now time.Time) *entry {
 	ch.addrs = c.addrSets.intern(ch.addrs)
 	for i := range ch.hops {

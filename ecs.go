@@ -340,6 +340,7 @@ func (s subnet) prefix() netip.Prefix {
 	return netip.PrefixFrom(a, int(s.bits)-1)
 }
 
+// IsValid, Bits, Addr and String are netip.Prefix's, for the code that reads a key's network.
 func (s subnet) IsValid() bool    { return s.bits != 0 }
 func (s subnet) Bits() int        { return int(s.bits) - 1 }
 func (s subnet) Addr() netip.Addr { return s.prefix().Addr() }
