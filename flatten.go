@@ -85,7 +85,7 @@ type Flatten struct {
 type alias struct {
 	name string // lowercased FQDN
 	zone string // the zone of ZONES that holds name
-	// The single target and its slots by address type (qtypeIndex); with failover, the first.
+	// The single target and its slots by address type (qtypeIndex); unused with more.
 	oneTarget [1]string
 	oneSlots  [2]*slot
 	more      *targetList // every target, with more than one; nil otherwise
@@ -211,21 +211,18 @@ func (f *Flatten) initCache(resolve resolveFunc, server string) {
 	c.reservePins(len(targets))
 	for name, a := range f.aliases {
 		// Every target is pinned, so a failover finds the next target already resolved, and a
-		// recovered primary is seen at its next refresh.
-		if a.more == nil {
-			a.oneSlots[0] = c.pin(cacheKey{name: a.oneTarget[0], qtype: dns.TypeA})
-			a.oneSlots[1] = c.pin(cacheKey{name: a.oneTarget[0], qtype: dns.TypeAAAA})
-			f.aliases[name] = a
-			continue
+		// recovered primary is seen at its next refresh. For one target, slots are a's own
+		// (a is a copy: it is stored back); for more, one array holds both types' pointers.
+		if a.more != nil {
+			n := len(a.more.targets)
+			both := make([]*slot, 2*n)
+			a.more.slots = [2][]*slot{both[:n:n], both[n:]}
 		}
-		n := len(a.more.targets)
-		both := make([]*slot, 2*n) // one array for both types' slot pointers
-		a.more.slots = [2][]*slot{both[:n:n], both[n:]}
-		for i, t := range a.more.targets {
-			a.more.slots[0][i] = c.pin(cacheKey{name: t, qtype: dns.TypeA})
-			a.more.slots[1][i] = c.pin(cacheKey{name: t, qtype: dns.TypeAAAA})
+		for i, t := range a.targets() {
+			a.slots(0)[i] = c.pin(cacheKey{name: t, qtype: dns.TypeA})
+			a.slots(1)[i] = c.pin(cacheKey{name: t, qtype: dns.TypeAAAA})
 		}
-		a.oneSlots = [2]*slot{a.more.slots[0][0], a.more.slots[1][0]}
+		f.aliases[name] = a
 	}
 	f.cache = c
 }

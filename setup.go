@@ -166,8 +166,10 @@ func (f *Flatten) parseAlias(c *caddy.Controller) error {
 		}
 		targets = append(targets, target)
 	}
-	al := alias{name: name, zone: zone, oneTarget: [1]string{targets[0]}}
-	if len(targets) > 1 {
+	al := alias{name: name, zone: zone}
+	if len(targets) == 1 {
+		al.oneTarget[0] = targets[0]
+	} else {
 		al.more = &targetList{targets: targets}
 	}
 	f.aliases[name] = al
@@ -300,12 +302,25 @@ func (f *Flatten) parseMaxDepth(c *caddy.Controller) error {
 	if err != nil {
 		return err
 	}
-	n, err := strconv.Atoi(a[0])
-	if err != nil || n < 1 || n > maxMaxDepth {
-		return c.Errf("max_depth '%s' must be a whole number from 1 to %d", a[0], maxMaxDepth)
+	n, err := wholeNumber(c, "max_depth", a[0], "", 1, maxMaxDepth)
+	if err != nil {
+		return err
 	}
 	f.maxDepth = n
 	return nil
+}
+
+// wholeNumber parses s, the value of what, as a whole number (of unit, when not empty) from lo to
+// hi, or returns the error that says so.
+func wholeNumber(c *caddy.Controller, what, s, unit string, lo, hi int) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < lo || n > hi {
+		if unit != "" {
+			unit = " of " + unit
+		}
+		return 0, c.Errf("%s '%s' must be a whole number%s from %d to %d", what, s, unit, lo, hi)
+	}
+	return n, nil
 }
 
 func (f *Flatten) parseTimeout(c *caddy.Controller) error {
@@ -403,9 +418,9 @@ func (f *Flatten) parseRefreshRate(c *caddy.Controller) error {
 	if err != nil {
 		return err
 	}
-	n, err := strconv.Atoi(a[0])
-	if err != nil || n < 1 || n > maxRefreshRate {
-		return c.Errf("refresh_rate '%s' must be a whole number of queries per second from 1 to %d", a[0], maxRefreshRate)
+	n, err := wholeNumber(c, "refresh_rate", a[0], "queries per second", 1, maxRefreshRate)
+	if err != nil {
+		return err
 	}
 	f.refreshRate = n
 	return nil
@@ -443,9 +458,9 @@ func (f *Flatten) parseHealthCheck(c *caddy.Controller) error {
 	if a[0] != "tcp" {
 		return c.Errf("health_check '%s': only 'tcp' (a TCP connect to PORT) is supported", a[0])
 	}
-	port, err := strconv.Atoi(a[1])
-	if err != nil || port < 1 || port > 65535 {
-		return c.Errf("health_check port '%s' must be a whole number from 1 to 65535", a[1])
+	port, err := wholeNumber(c, "health_check port", a[1], "", 1, 65535)
+	if err != nil {
+		return err
 	}
 	f.healthPort, f.healthInterval = port, defaultHealthInterval
 	if len(a) == 3 {
@@ -474,9 +489,9 @@ func (f *Flatten) parseECS(c *caddy.Controller) error {
 		if i == 1 {
 			what, most, bits = "V6BITS", 128, &e.v6
 		}
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 0 || n > most {
-			return c.Errf("ecs %s '%s' must be a whole number of bits from 0 to %d", what, s, most)
+		n, err := wholeNumber(c, "ecs "+what, s, "bits", 0, most)
+		if err != nil {
+			return err
 		}
 		*bits = n
 	}
