@@ -109,7 +109,7 @@ func BenchmarkFlattenMiss(b *testing.B) {
 	f := newLadderFlatten(benchUpstream(), newFakeClock(), false)
 	f.Next = benchFile(b)
 	a := f.aliases["example.org."]
-	s := a.slots(0)[0]
+	s := a.slots(0, nil)[0]
 	ctx := context.Background()
 	w := &packWriter{}
 	q := benchQuery()
@@ -169,7 +169,7 @@ func manyAliases(tb testing.TB, n int) (*Flatten, uint64) {
 	f.initCache(func(ctx context.Context, k cacheKey) (*chain, error) { return w.resolve(ctx, k.name, k.qtype) }, "")
 	for _, a := range f.aliases {
 		for i := range 2 {
-			for _, s := range a.slots(i) {
+			for _, s := range a.slots(i, nil) {
 				// As the refresher does: the slot's flight (run) stores the entry.
 				fl := &flight{done: make(chan struct{})}
 				f.cache.run(context.Background(), s, fl)

@@ -225,12 +225,12 @@ func (c *cache) reservePins(n int) {
 	}
 }
 
-// pin returns the pinned slot for k, making the target's pair of slots if needed. Called at
+// pinTarget returns the pinned slots of a configured target, making them if needed. Called at
 // setup, before start. A slot made on demand for the same key is taken over.
-func (c *cache) pin(k cacheKey) *slot {
+func (c *cache) pinTarget(name string) *pinnedTarget {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	p := c.pinned[k.name]
+	p := c.pinned[name]
 	if p == nil {
 		if len(c.pinSlab) > 0 {
 			p, c.pinSlab = &c.pinSlab[0], c.pinSlab[1:]
@@ -239,7 +239,7 @@ func (c *cache) pin(k cacheKey) *slot {
 		}
 		for i, qtype := range [2]uint16{dns.TypeA, dns.TypeAAAA} {
 			s := &p.slots[i]
-			s.key = cacheKey{name: k.name, qtype: qtype}
+			s.key = cacheKey{name: name, qtype: qtype}
 			s.pinned, s.index = true, -1
 			if old := c.slots[s.key]; old != nil {
 				s.good.Store(old.good.Load())
@@ -247,9 +247,9 @@ func (c *cache) pin(k cacheKey) *slot {
 				c.demand--
 			}
 		}
-		c.pinned[k.name] = p
+		c.pinned[name] = p
 	}
-	return &p.slots[qtypeIndex(k.qtype)]
+	return p
 }
 
 // lookupLocked returns the slot for k, pinned or on demand; c.mu is held.

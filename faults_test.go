@@ -109,7 +109,7 @@ func (rig *faultRig) slot(t *testing.T, name string, qtype uint16) *slot {
 	if !ok {
 		t.Fatalf("no alias %q", name)
 	}
-	return a.slots(qtypeIndex(qtype))[0]
+	return a.slots(qtypeIndex(qtype), nil)[0]
 }
 
 // forgedInCache fails the test if any entry of the cache, for any key, holds a forged address.

@@ -77,18 +77,15 @@ type Flatten struct {
 	proxies *proxyExchanger // set when resolving through upstream addresses
 }
 
-// alias is one configured `alias NAME TARGET...`. Aliases are held by value in the map of
-// aliases, and one target (the usual case) with its slots is held inside the alias: the lookup
-// that finds an alias has then loaded everything an answer needs but the slot's entry. With
-// 100,000 aliases every separate object on the answer path is another cache miss; the alias
-// is 72 bytes, small enough for a Go map to keep it beside its key (up to 128).
+// alias is one configured `alias NAME TARGET...`, found by its name in the map of aliases. It
+// is 24 bytes and held by value: with 100,000 aliases every byte is paid once per alias and the
+// map's probe loads it with its key. Its name is the map's key, its zone an index, and a single
+// target (the usual case) is its pair of pinned slots, A and AAAA side by side, whose key holds
+// the target's name: nothing is held twice.
 type alias struct {
-	name string // lowercased FQDN
-	zone string // the zone of ZONES that holds name
-	// The single target and its slots by address type (qtypeIndex); unused with more.
-	oneTarget [1]string
-	oneSlots  [2]*slot
-	more      *targetList // every target, with more than one; nil otherwise
+	one  *pinnedTarget // the single target's slots, once initCache has pinned them
+	more *targetList   // every target: with more than one, or until initCache pins the one
+	zone int32         // the zone of Flatten.Zones that holds the name
 }
 
 // targetList holds the targets of an alias that has more than one, in order of preference,
@@ -98,21 +95,23 @@ type targetList struct {
 	slots   [2][]*slot
 }
 
-// targets returns a's targets (lowercased FQDNs), in order of preference. For one target the
-// slice is a's own storage: a caller holding a copy of the alias gets a slice of its copy.
-func (a *alias) targets() []string {
+// targets returns a's targets (lowercased FQDNs), in order of preference. Not for the answer
+// path: for a single target it allocates the slice.
+func (a alias) targets() []string {
 	if a.more != nil {
 		return a.more.targets
 	}
-	return a.oneTarget[:]
+	return []string{a.one.slots[0].key.name}
 }
 
 // slots returns the slot of each target for an address type (qtypeIndex), in targets' order.
-func (a *alias) slots(i int) []*slot {
+// A single target's slot is appended to buf (empty, with room for one), so that the answer path
+// can pass the caller's array instead of allocating a slice.
+func (a alias) slots(i int, buf []*slot) []*slot {
 	if a.more != nil {
 		return a.more.slots[i]
 	}
-	return a.oneSlots[i : i+1]
+	return append(buf, &a.one.slots[i])
 }
 
 // New returns a Flatten with the default settings and no aliases.
@@ -161,7 +160,7 @@ func (f *Flatten) aliasAddrs() []netip.Addr {
 	var out []netip.Addr
 	for _, a := range f.aliases {
 		for i := range 2 {
-			for _, s := range a.slots(i) {
+			for _, s := range a.slots(i, nil) {
 				e := s.good.Load()
 				if e == nil {
 					continue
@@ -211,16 +210,18 @@ func (f *Flatten) initCache(resolve resolveFunc, server string) {
 	c.reservePins(len(targets))
 	for name, a := range f.aliases {
 		// Every target is pinned, so a failover finds the next target already resolved, and a
-		// recovered primary is seen at its next refresh. For one target, slots are a's own
-		// (a is a copy: it is stored back); for more, one array holds both types' pointers.
-		if a.more != nil {
-			n := len(a.more.targets)
+		// recovered primary is seen at its next refresh. A single target keeps only its pinned
+		// pair (a is a copy: it is stored back); for more, one array holds both types' pointers.
+		if targets := a.targets(); len(targets) == 1 {
+			a.one, a.more = c.pinTarget(targets[0]), nil
+		} else {
+			n := len(targets)
 			both := make([]*slot, 2*n)
 			a.more.slots = [2][]*slot{both[:n:n], both[n:]}
-		}
-		for i, t := range a.targets() {
-			a.slots(0)[i] = c.pin(cacheKey{name: t, qtype: dns.TypeA})
-			a.slots(1)[i] = c.pin(cacheKey{name: t, qtype: dns.TypeAAAA})
+			for i, t := range targets {
+				p := c.pinTarget(t)
+				a.more.slots[0][i], a.more.slots[1][i] = &p.slots[0], &p.slots[1]
+			}
 		}
 		f.aliases[name] = a
 	}
@@ -291,7 +292,8 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 
 	// A configured alias: answered from memory, without looking at the zone.
 	if a, ok := f.aliases[name]; ok {
-		return f.flatten(ctx, w, r, a.zone, math.MaxUint32, a.targets(), a.slots(qtypeIndex(qtype)))
+		var one [1]*slot
+		return f.flatten(ctx, w, r, f.Zones[a.zone], math.MaxUint32, a.slots(qtypeIndex(qtype), one[:0]))
 	}
 	zone := plugin.Zones(f.Zones).Matches(name)
 	if zone == "" {
@@ -301,7 +303,7 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	if f.zoneAliases != nil {
 		if za := f.zoneAliasFor(ctx, w, r, name); za.target != "" {
 			s := f.cache.slotFor(cacheKey{name: za.target, qtype: qtype})
-			return f.flatten(ctx, w, r, zone, za.ttl, []string{za.target}, []*slot{s})
+			return f.flatten(ctx, w, r, zone, za.ttl, []*slot{s})
 		}
 	}
 	if f.cnames.match(name) {
@@ -321,13 +323,13 @@ func isAddressQuery(r *dns.Msg) bool {
 }
 
 // flatten answers r with the addresses of the first target, in order, that has usable ones:
-// slots[i] is the slot of targets[i] for the query's type. A target is passed over when it fails,
+// slots holds each target's slot for the query's type (the slot's key names the target). A target is passed over when it fails,
 // has no address of the type, or (with health checks) no healthy address; each target's answer
 // comes from its own slot, so passing over one costs no upstream wait once its failure is known.
 // Then the failure ladder: a stale answer, the zone's own records, SERVFAIL that says why.
 // ttlCap bounds the answer's TTL: an ALIAS record's TTL, or the TTLs of the part of a CNAME chain
 // that is in the zone.
-func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, zone string, ttlCap uint32, targets []string, slots []*slot) (int, error) {
+func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, zone string, ttlCap uint32, slots []*slot) (int, error) {
 	server := metrics.WithServer(ctx)
 	requests.WithLabelValues(server).Inc()
 	if f.ecs != nil {
@@ -337,7 +339,7 @@ func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg,
 		}
 	}
 
-	c, rerr := f.pick(ctx, w, r, targets, slots)
+	c, rerr := f.pick(ctx, w, r, slots)
 	if c.e != nil {
 		switch c.src {
 		case srcFresh:
@@ -348,7 +350,7 @@ func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg,
 		if c.i > 0 {
 			failoverAnswers.WithLabelValues(server).Inc()
 		}
-		f.noteAnswer(ctx, targets[c.i], c.src.String(), &c.e.chain)
+		f.noteAnswer(ctx, slots[c.i].key.name, c.src.String(), &c.e.chain)
 		return f.answer(ctx, w, r, zone, c.entry(), c.src, ttlCap)
 	}
 
@@ -375,10 +377,11 @@ func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg,
 // a sixth of a warm hit's CPU in a *pprof* profile under dnsperf).
 //
 //go:noinline
-func (f *Flatten) pick(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, targets []string, slots []*slot) (candidate, *resolveError) {
+func (f *Flatten) pick(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, slots []*slot) (candidate, *resolveError) {
 	p := pathFrom(ctx)
 	var pk picker
-	for i, target := range targets {
+	for i, s := range slots {
+		target := s.key.name
 		// A lookup through this server that comes back to a target that is already being
 		// resolved further up is a loop (a flattened name whose chain leads back to itself).
 		if p.contains(target) || p.len() > f.maxDepth {
@@ -392,7 +395,7 @@ func (f *Flatten) pick(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, ta
 			ctx, cancel = context.WithTimeout(ctx, f.timeout)
 			defer cancel()
 		}
-		e, src, rerr := f.lookup(ctx, w, r, slots[i], p != nil)
+		e, src, rerr := f.lookup(ctx, w, r, s, p != nil)
 		if pk.add(i, e, src, rerr, f.keepHealthy) {
 			break
 		}
@@ -438,12 +441,13 @@ func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns
 	// The chain ends at a name flattened here: answer with what that name answers with. Asking
 	// upstream would ask the world for our own name (or ourselves, for a loop).
 	if a, ok := f.aliases[end]; ok {
-		return f.flatten(ctx, w, r, zone, c.ttl, a.targets(), a.slots(qtypeIndex(q.Qtype)))
+		var one [1]*slot
+		return f.flatten(ctx, w, r, zone, c.ttl, a.slots(qtypeIndex(q.Qtype), one[:0]))
 	}
 	if f.zoneAliases != nil && plugin.Zones(f.Zones).Matches(end) != "" {
 		if za := f.zoneAliasFor(ctx, w, r, end); za.target != "" {
 			s := f.cache.slotFor(cacheKey{name: za.target, qtype: q.Qtype})
-			return f.flatten(ctx, w, r, zone, min(c.ttl, za.ttl), []string{za.target}, []*slot{s})
+			return f.flatten(ctx, w, r, zone, min(c.ttl, za.ttl), []*slot{s})
 		}
 	}
 	if plugin.Zones(f.Zones).Matches(end) != "" || hasNegativeSOA(m, end) {
@@ -460,7 +464,7 @@ func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns
 		return dns.RcodeSuccess, nil
 	}
 	s := f.cache.slotFor(cacheKey{name: end, qtype: q.Qtype})
-	return f.flatten(ctx, w, r, zone, c.ttl, []string{end}, []*slot{s})
+	return f.flatten(ctx, w, r, zone, c.ttl, []*slot{s})
 }
 
 // lookup returns what to answer r with from s, the slot of one target and address type, and

@@ -383,3 +383,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// pin returns the pinned slot for k, pinning its target: what initCache does for each target.
+func (c *cache) pin(k cacheKey) *slot {
+	return &c.pinTarget(k.name).slots[qtypeIndex(k.qtype)]
+}

@@ -166,13 +166,8 @@ func (f *Flatten) parseAlias(c *caddy.Controller) error {
 		}
 		targets = append(targets, target)
 	}
-	al := alias{name: name, zone: zone}
-	if len(targets) == 1 {
-		al.oneTarget[0] = targets[0]
-	} else {
-		al.more = &targetList{targets: targets}
-	}
-	f.aliases[name] = al
+	// Every alias keeps its targets in a list until initCache pins them.
+	f.aliases[name] = alias{more: &targetList{targets: targets}, zone: int32(slices.Index(f.Zones, zone))}
 	return nil
 }
 
