@@ -563,8 +563,8 @@ func TestAnswerPathSizes(t *testing.T) {
 		t.Errorf("alias is %d bytes, want at most 24", n)
 	}
 	// Not on the answer path but there per configured target and type: 100,000 aliases, 200,000.
-	if n := unsafe.Sizeof(slot{}); n > 96 {
-		t.Errorf("slot is %d bytes, want at most 96", n)
+	if n := unsafe.Sizeof(slot{}); n > 80 {
+		t.Errorf("slot is %d bytes, want at most 80", n)
 	}
 }
 
