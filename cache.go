@@ -73,7 +73,7 @@ type slot struct {
 	// Refresh schedule of a pinned slot, guarded by cache.schedMu. The fields are small (due as
 	// an offset, index as int32, failures counted instead of a backoff duration) because a
 	// pinned slot exists per configured target and type.
-	due      int64 // when the refresh is due, in nanoseconds since the cache's epoch
+	due      int64 // when the refresh is due, in nanoseconds since clockBase
 	index    int32 // position in the schedule heap, -1 when not in it
 	failures uint8 // consecutive failed refreshes: the backoff doubles with each (backoff)
 	tried    bool  // the startup round has tried this slot once
@@ -160,8 +160,7 @@ type cache struct {
 
 	schedMu  sync.Mutex
 	schedule refreshHeap
-	epoch    time.Time // what slot.due counts from
-	pending  int       // pinned slots the startup round has not tried yet
+	pending  int // pinned slots the startup round has not tried yet
 
 	base   context.Context // cancelled on stop: ends every background resolution
 	cancel context.CancelFunc
@@ -190,7 +189,6 @@ func newCache(resolve resolveFunc) *cache {
 		capacity: defaultCapacity,
 		slots:    make(map[cacheKey]*slot),
 		pinned:   make(map[string]*pinnedTarget),
-		epoch:    time.Now(),
 		base:     base,
 		cancel:   cancel,
 		kick:     make(chan struct{}, 1),
@@ -792,8 +790,13 @@ func (c *cache) refreshLead(e *entry) time.Duration {
 	return min(time.Duration(float64(e.lifetime())*c.prefetch), max(e.lifetime()-minRefresh, 0))
 }
 
-// since is t as a slot's due time: nanoseconds since the cache's epoch (monotonic when t is).
-func (c *cache) since(t time.Time) int64 { return int64(t.Sub(c.epoch)) }
+// since is t as a slot's due time: nanoseconds since clockBase (monotonic when t is). Due times
+// count from the base entries count from: a due time made from an entry's expiry (clockBase plus
+// offsets) is then exactly as far from now as the expiry is. From another base, taken at another
+// instant, wall and monotonic readings differ by some nanoseconds, and a clock without a
+// monotonic reading (the tests' fake) would find a refresh due at the entry's time still those
+// nanoseconds away.
+func (c *cache) since(t time.Time) int64 { return int64(t.Sub(clockBase)) }
 
 // refreshHeap orders pinned slots by when they are due.
 type refreshHeap []*slot

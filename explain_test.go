@@ -65,11 +65,25 @@ func TestExplainAliasWithFailover(t *testing.T) {
 		"target=2:backup.agency.test. type=A state=fresh",
 		"chain=backup.agency.test.(CNAME 60)>edge.cdn.test.(A 30) addrs=192.0.2.2",
 	)
-	// Explaining asks nobody: the counts do not move.
-	before := u.total()
-	explainLines(t, srv, "example.org.")
-	if d := u.total() - before; d != 0 {
-		t.Errorf("an explanation caused %d upstream questions", d)
+	// Explaining asks nobody: the counts do not move. The refresher retries the failing primary
+	// on its backoff (1 s, then 2 s, 4 s...), and a slow run can meet a retry in the window: a
+	// window in which only the primary was asked, once per type at most, is tried again (the
+	// next retry is seconds away). An explanation that asks would move the counts every time.
+	primary := func() int {
+		return u.count("primary.agency.test.", dns.TypeA) + u.count("primary.agency.test.", dns.TypeAAAA)
+	}
+	for try := 1; ; try++ {
+		before, beforePrimary := u.total(), primary()
+		explainLines(t, srv, "example.org.")
+		d, dp := u.total()-before, primary()-beforePrimary
+		if d == 0 {
+			break
+		}
+		if d == dp && dp <= 2 && try < 3 {
+			continue
+		}
+		t.Errorf("an explanation caused %d upstream questions (%d for the primary)", d, dp)
+		break
 	}
 }
 
