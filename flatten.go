@@ -323,9 +323,10 @@ func isAddressQuery(r *dns.Msg) bool {
 }
 
 // flatten answers r with the addresses of the first target, in order, that has usable ones:
-// slots holds each target's slot for the query's type (the slot's key names the target). A target is passed over when it fails,
-// has no address of the type, or (with health checks) no healthy address; each target's answer
-// comes from its own slot, so passing over one costs no upstream wait once its failure is known.
+// slots holds each target's slot for the query's type (the slot's key names the target). A
+// target is passed over when it fails, has no address of the type, or (with health checks) no
+// healthy address; each target's answer comes from its own slot, so passing over one costs no
+// upstream wait once its failure is known.
 // Then the failure ladder: a stale answer, the zone's own records, SERVFAIL that says why.
 // ttlCap bounds the answer's TTL: an ALIAS record's TTL, or the TTLs of the part of a CNAME chain
 // that is in the zone.
