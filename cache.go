@@ -396,7 +396,7 @@ func (c *cache) await(ctx context.Context, s *slot, nested bool) (*entry, *resol
 		fl = &flight{done: make(chan struct{})}
 		c.launch(ctx, s, fl)
 	} else {
-		fl = c.join(ctx, s)
+		fl, _ = c.claim(ctx, s)
 	}
 	t := time.NewTimer(c.timeout)
 	defer t.Stop()
@@ -438,17 +438,11 @@ func (c *cache) staleOr(e *entry, now time.Time, err *resolveError) (*entry, sou
 	return nil, srcNone, err
 }
 
-// join returns the flight for s, starting one if none is in progress. ctx gives the resolution
-// its values (the server to resolve through, the self-lookup path), not its lifetime: a flight
+// claim returns the flight for s, starting one if none is in progress, and whether this call
+// started it. The flight is put on the slot before it is launched: of callers racing for an idle
+// slot, one wins the swap and resolves, the others join its flight. ctx gives the resolution its
+// values (the server to resolve through, the self-lookup path), not its lifetime: a flight
 // outlives the client that started it, up to the timeout, and ends when the cache stops.
-func (c *cache) join(ctx context.Context, s *slot) *flight {
-	fl, _ := c.claim(ctx, s)
-	return fl
-}
-
-// claim returns the flight for s and whether this call started it. The flight is put on the
-// slot before it is launched: of callers racing for an idle slot, one wins the swap and resolves,
-// the others join its flight.
 func (c *cache) claim(ctx context.Context, s *slot) (*flight, bool) {
 	for {
 		if fl := s.flight.Load(); fl != nil {

@@ -158,9 +158,10 @@ func (f *Flatten) prepare(server string) {
 // the prober may call it while queries are served.
 func (f *Flatten) aliasAddrs() []netip.Addr {
 	var out []netip.Addr
+	var one [1]*slot // a single target's slot, without a slice allocated per alias and type
 	for _, a := range f.aliases {
 		for i := range 2 {
-			for _, s := range a.slots(i, nil) {
+			for _, s := range a.slots(i, one[:0]) {
 				e := s.good.Load()
 				if e == nil {
 					continue
