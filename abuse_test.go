@@ -499,7 +499,7 @@ func TestCacheHammer(t *testing.T) {
 				switch src {
 				case srcFresh, srcResolved, srcStale:
 					answered.Add(1)
-					if e == nil || len(e.chain.addrs) != 1 {
+					if e == nil || len(e.addrs()) != 1 {
 						t.Errorf("src %d with entry %v", src, e)
 						return
 					}

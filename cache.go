@@ -21,16 +21,52 @@ type cacheKey struct {
 	scope subnet
 }
 
-// entry is one resolved chain and when it was fetched. Entries are never modified once stored.
-// An entry is 64 bytes, one cache line, and one object: with 100,000 aliases there are 200,000
-// entries, and every byte and every cache line of them counts (in memory, in what the garbage
-// collector marks, in what an answer loads). So the chain is held by value, its ttl is the
-// lifetime (the chain's TTL clamped by `ttl MIN MAX`, set by newEntry), and the fetch time is
-// an offset on the monotonic clock instead of a time.Time (24 bytes).
+// entry is one resolved chain as cached, and when it was fetched. Entries are never modified once
+// stored. An entry is 32 bytes and one object: with 100,000 aliases there are 200,000 entries, and
+// every byte of them counts (in memory, in what the garbage collector marks, in what an answer
+// loads). So the address RRset and the hops are held by pointer to copies shared with other
+// entries (addrSets, shareHops) instead of as slices, ttl is the lifetime (the chain's TTL clamped
+// by `ttl MIN MAX`, set by newEntry), and the fetch time is an offset on the monotonic clock
+// instead of a time.Time (24 bytes).
 type entry struct {
-	chain   chain
-	fetched int64 // nanoseconds since clockBase
+	set     *addrSet // the final address RRset; nil for a negative answer
+	path    *path    // the CNAME and DNAME hops that lead to it; nil for none
+	fetched int64    // nanoseconds since clockBase
+	ttl     uint32   // the lifetime in seconds
+	// nxdomain is set when the last name of the chain does not exist (chain.nxdomain).
+	nxdomain bool
+	// Set by the cache when it keeps the entry for a client network (`ecs`, ecs.go): the SCOPE
+	// PREFIX-LENGTH echoed to clients, and whether the upstream wanted a longer prefix than it
+	// was sent.
+	ecsScope uint8
+	narrow   bool
 }
+
+// addrSet is a cached address RRset. An entry holds it by pointer, one word instead of a slice's
+// three, and entries that resolved to the same records share one (addrSets).
+type addrSet struct{ rrs []dns.RR }
+
+// path is the hops of a cached chain. An entry holds it by pointer, and the A and AAAA entries of
+// a target share one when their hops are the same (shareHops).
+type path struct{ hops []hop }
+
+// addrs is the final address RRset; empty for a negative answer.
+func (e *entry) addrs() []dns.RR {
+	if e.set == nil {
+		return nil
+	}
+	return e.set.rrs
+}
+
+// hops is the CNAME and DNAME hops from the target to the owner of the addresses.
+func (e *entry) hops() []hop {
+	if e.path == nil {
+		return nil
+	}
+	return e.path.hops
+}
+
+func (e *entry) negative() bool { return e.set == nil }
 
 // clockBase is what entry.fetched counts from. Offsets from a time with a monotonic reading keep
 // entries immune to steps of the wall clock, as time.Time's own arithmetic would.
@@ -39,7 +75,7 @@ var clockBase = time.Now()
 func (e *entry) fetchedAt() time.Time { return clockBase.Add(time.Duration(e.fetched)) }
 
 // lifetime is how long e is fresh after it was fetched.
-func (e *entry) lifetime() time.Duration { return time.Duration(e.chain.ttl) * time.Second }
+func (e *entry) lifetime() time.Duration { return time.Duration(e.ttl) * time.Second }
 
 // expires is when e stops being fresh.
 func (e *entry) expires() time.Time { return e.fetchedAt().Add(e.lifetime()) }
@@ -524,30 +560,33 @@ func (c *cache) run(ctx context.Context, s *slot, fl *flight) {
 // newEntry makes the entry for ch, resolved at now. It takes ch over: its address RRset and names
 // become the shared copies, and its ttl the lifetime.
 func (c *cache) newEntry(ch *chain, now time.Time) *entry {
-	ch.addrs = c.addrSets.intern(ch.addrs)
-	for i := range ch.hops {
-		// The names a chain leads to repeat across entries (the agency pattern: many targets, a
-		// few servers): one copy of each, as for address RRsets. The first owner is the key's
-		// own name already; each later one is the hop before's target.
-		ch.hops[i].target = c.names.intern(ch.hops[i].target)
-		if i > 0 && ch.hops[i].owner == ch.hops[i-1].target {
-			ch.hops[i].owner = ch.hops[i-1].target
-		}
+	e := &entry{
+		set:      c.addrSets.intern(ch.addrs),
+		fetched:  int64(now.Sub(clockBase)),
+		ttl:      min(max(ch.ttl, c.ttlMin), c.ttlMax),
+		nxdomain: ch.nxdomain,
 	}
-	ch.ttl = min(max(ch.ttl, c.ttlMin), c.ttlMax)
-	return &entry{chain: *ch, fetched: int64(now.Sub(clockBase))}
+	if len(ch.hops) > 0 {
+		for i := range ch.hops {
+			// The names a chain leads to repeat across entries (the agency pattern: many targets,
+			// a few servers): one copy of each, as for address RRsets.
+			ch.hops[i].target = c.names.intern(ch.hops[i].target)
+		}
+		e.path = &path{hops: ch.hops}
+	}
+	return e
 }
 
 // shareHops lets the A and AAAA entries of a pinned target share one copy of their CNAME hops
 // when they are the same (the usual case: the chain's CNAMEs do not depend on the type asked).
 // e is new and not yet stored; the sibling's entry is only read.
 func (c *cache) shareHops(s *slot, e *entry) {
-	if len(e.chain.hops) == 0 {
+	if e.path == nil {
 		return
 	}
 	if sib := c.sibling(s); sib != nil {
-		if se := sib.good.Load(); se != nil && slices.Equal(se.chain.hops, e.chain.hops) {
-			e.chain.hops = se.chain.hops
+		if se := sib.good.Load(); se != nil && se.path != nil && slices.Equal(se.path.hops, e.path.hops) {
+			e.path = se.path
 		}
 	}
 }
@@ -561,7 +600,7 @@ func (c *cache) ttl(e *entry, src source, now time.Time) uint32 {
 	}
 	// Whole seconds elapsed, as CoreDNS's cache counts: a fresh answer has the full TTL.
 	elapsed := now.Sub(e.fetchedAt()) / time.Second
-	left := uint32(max(time.Duration(e.chain.ttl)-elapsed, 0))
+	left := uint32(max(time.Duration(e.ttl)-elapsed, 0))
 	return min(max(left, c.ttlMin), c.ttlMax)
 }
 
@@ -858,12 +897,13 @@ const maxAddrSets = 1 << 16
 // map is bounded: when full, it starts over, and later entries share with each other.
 type addrSets struct {
 	mu   sync.Mutex
-	sets map[string][]dns.RR
+	sets map[string]*addrSet
 }
 
-func (a *addrSets) intern(rrs []dns.RR) []dns.RR {
+// intern returns the shared set holding rrs; nil for none.
+func (a *addrSets) intern(rrs []dns.RR) *addrSet {
 	if len(rrs) == 0 {
-		return rrs
+		return nil
 	}
 	// The key is everything an answer uses: owner, type, TTL and the addresses in order.
 	h := rrs[0].Header()
@@ -872,7 +912,7 @@ func (a *addrSets) intern(rrs []dns.RR) []dns.RR {
 	key = append(key, byte(h.Rrtype>>8), byte(h.Rrtype), byte(h.Ttl>>24), byte(h.Ttl>>16), byte(h.Ttl>>8), byte(h.Ttl))
 	for _, rr := range rrs {
 		if rr.Header().Ttl != h.Ttl {
-			return rrs // TTLs that differ within the set: rare; not shared
+			return &addrSet{rrs: rrs} // TTLs that differ within the set: rare; not shared
 		}
 		switch v := rr.(type) {
 		case *dns.A:
@@ -880,7 +920,7 @@ func (a *addrSets) intern(rrs []dns.RR) []dns.RR {
 		case *dns.AAAA:
 			key = append(key, v.AAAA.To16()...)
 		default:
-			return rrs
+			return &addrSet{rrs: rrs}
 		}
 	}
 	a.mu.Lock()
@@ -889,10 +929,11 @@ func (a *addrSets) intern(rrs []dns.RR) []dns.RR {
 		return shared
 	}
 	if a.sets == nil || len(a.sets) >= maxAddrSets {
-		a.sets = make(map[string][]dns.RR)
+		a.sets = make(map[string]*addrSet)
 	}
-	a.sets[string(key)] = rrs
-	return rrs
+	set := &addrSet{rrs: rrs}
+	a.sets[string(key)] = set
+	return set
 }
 
 // nameSet shares one copy of each name that chains lead to. Go's unique package would do it

@@ -195,7 +195,7 @@ func (f *Flatten) echoECS(m, r *dns.Msg, e *entry) {
 		Code:          dns.EDNS0SUBNET,
 		Family:        o.Family,
 		SourceNetmask: o.SourceNetmask,
-		SourceScope:   e.chain.ecsScope,
+		SourceScope:   e.ecsScope,
 		Address:       o.Address,
 	})
 }
@@ -412,7 +412,7 @@ func (c *cache) covering(k cacheKey, now time.Time, usable bool) (*entry, *slot)
 			continue
 		}
 		e := s.good.Load()
-		if e == nil || (e.chain.narrow && l < bits) || (usable && !c.usable(e, now)) {
+		if e == nil || (e.narrow && l < bits) || (usable && !c.usable(e, now)) {
 			continue
 		}
 		return e, s
@@ -470,7 +470,7 @@ func (c *cache) ladderECS(shared *slot, k cacheKey, now time.Time, err *resolveE
 		// The warm answer stands in, served like a stale one (short TTL, EDE 3) and echoed
 		// with the client's whole network as scope: it is nobody's tailored answer.
 		stand := *w
-		stand.chain.ecsScope = uint8(k.scope.Bits())
+		stand.ecsScope = uint8(k.scope.Bits())
 		return &stand, srcStale, err
 	}
 	return nil, srcNone, err
@@ -489,9 +489,9 @@ func (c *cache) store(ctx context.Context, s *slot, e *entry, ch *chain) {
 	if !sent.IsValid() {
 		sent = s.key.scope.prefix()
 	}
-	e.chain.ecsScope = uint8(min(int(ch.scope), sent.Bits()))
-	e.chain.narrow = int(ch.scope) > sent.Bits()
-	p, _ := sent.Addr().Prefix(int(e.chain.ecsScope))
+	e.ecsScope = uint8(min(int(ch.scope), sent.Bits()))
+	e.narrow = int(ch.scope) > sent.Bits()
+	p, _ := sent.Addr().Prefix(int(e.ecsScope))
 	if subnetOf(p) == s.key.scope {
 		s.good.Store(e)
 		return

@@ -119,12 +119,12 @@ func (f *Flatten) explainTargets(ctx context.Context, w dns.ResponseWriter, r *d
 	if m == nil {
 		return nil, "", ""
 	}
-	c := &chain{}
+	c := &chain{start: name}
 	end, err := follow(m, name, dns.TypeA, c, map[string]bool{name: true}, f.maxDepth)
 	if err != nil || len(c.hops) == 0 || len(c.addrs) > 0 {
 		return nil, "", "" // not a chain, or one the zone answers itself
 	}
-	via := chainString(name, c)
+	via := chainString(name, c.hops)
 	if a, ok := f.aliases[end]; ok {
 		return a.targets(), "cname", via
 	}
@@ -166,7 +166,7 @@ func (f *Flatten) explainAnswer(ctx context.Context, w dns.ResponseWriter, r *dn
 		return fmt.Sprintf("type=%s answer=servfail error='%s'", typ, errText)
 	}
 	ttl := f.cache.ttl(c.e, c.src, now)
-	if c.e.chain.negative() {
+	if c.e.negative() {
 		return fmt.Sprintf("type=%s answer=nodata source=%s target=%s ttl=%d", typ, c.src, targets[c.i], ttl)
 	}
 	return fmt.Sprintf("type=%s answer=%s target=%s ttl=%d addrs=%s", typ, c.src, targets[c.i], ttl, addrList(c.addrs))
@@ -196,15 +196,15 @@ func (f *Flatten) explainTarget(i int, target string, qtype uint16, now time.Tim
 	if e = s.good.Load(); e != nil {
 		fmt.Fprintf(&b, " refreshed=%s age=%s expires_in=%s chain=%s",
 			e.fetchedAt().UTC().Format(time.RFC3339), now.Sub(e.fetchedAt()).Truncate(time.Second),
-			e.expires().Sub(now).Truncate(time.Second), hopList(target, qtype, &e.chain))
-		if e.chain.negative() {
-			if e.chain.nxdomain {
+			e.expires().Sub(now).Truncate(time.Second), hopList(target, qtype, e.hops(), e.addrs()))
+		if e.negative() {
+			if e.nxdomain {
 				b.WriteString(" result=nxdomain")
 			} else {
 				b.WriteString(" result=nodata")
 			}
 		} else {
-			fmt.Fprintf(&b, " addrs=%s", addrList(e.chain.addrs))
+			fmt.Fprintf(&b, " addrs=%s", addrList(e.addrs()))
 		}
 	}
 	if fl := s.fail.Load(); fl != nil {
@@ -214,19 +214,17 @@ func (f *Flatten) explainTarget(i int, target string, qtype uint16, now time.Tim
 }
 
 // hopList spells a chain with each record's TTL: a.example.(CNAME 300)>b.example.(A 60).
-func hopList(target string, qtype uint16, c *chain) string {
+func hopList(target string, qtype uint16, hops []hop, addrs []dns.RR) string {
 	var b strings.Builder
-	for _, h := range c.hops {
-		fmt.Fprintf(&b, "%s(%s %d)>", h.owner, dns.TypeToString[h.rrtype], h.ttl)
+	owner := target // each hop's owner is the target of the hop before
+	for _, h := range hops {
+		fmt.Fprintf(&b, "%s(%s %d)>", owner, dns.TypeToString[h.rrtype], h.ttl)
+		owner = h.target
 	}
-	last := target
-	if n := len(c.hops); n > 0 {
-		last = c.hops[n-1].target
-	}
-	if len(c.addrs) > 0 {
-		fmt.Fprintf(&b, "%s(%s %d)", last, dns.TypeToString[qtype], ttlOf(c.addrs[0]))
+	if len(addrs) > 0 {
+		fmt.Fprintf(&b, "%s(%s %d)", owner, dns.TypeToString[qtype], ttlOf(addrs[0]))
 	} else {
-		b.WriteString(last)
+		b.WriteString(owner)
 	}
 	return b.String()
 }
@@ -273,7 +271,7 @@ func (f *Flatten) explainHealth(targets []string) []string {
 			if e == nil {
 				continue
 			}
-			for _, rr := range e.chain.addrs {
+			for _, rr := range e.addrs() {
 				ip, ok := rrAddr(rr)
 				if !ok || seen[ip] {
 					continue

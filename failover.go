@@ -13,11 +13,11 @@ type candidate struct {
 // entry returns the entry to answer with: c.e, or a copy holding only c.addrs when health checks
 // dropped some of its addresses (the cached entry is shared and never modified).
 func (c candidate) entry() *entry {
-	if len(c.addrs) == len(c.e.chain.addrs) {
+	if len(c.addrs) == len(c.e.addrs()) {
 		return c.e
 	}
 	e := *c.e
-	e.chain.addrs = c.addrs
+	e.set = &addrSet{rrs: c.addrs}
 	return &e
 }
 
@@ -41,17 +41,17 @@ func (p *picker) add(i int, e *entry, src source, err *resolveError, keepHealthy
 	if e == nil || src == srcNone {
 		return false
 	}
-	c := candidate{i: i, e: e, src: src, addrs: e.chain.addrs}
+	c := candidate{i: i, e: e, src: src, addrs: e.addrs()}
 	switch {
-	case e.chain.negative():
+	case e.negative():
 		if p.negative.e == nil {
 			p.negative = c
 		}
 		return false
 	case keepHealthy != nil:
-		if c.addrs = keepHealthy(e.chain.addrs); len(c.addrs) == 0 {
+		if c.addrs = keepHealthy(e.addrs()); len(c.addrs) == 0 {
 			if p.down.e == nil {
-				c.addrs = e.chain.addrs
+				c.addrs = e.addrs()
 				p.down = c
 			}
 			return false

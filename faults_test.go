@@ -132,7 +132,7 @@ func (rig *faultRig) forgedInCache(t *testing.T) {
 // entryAddrs returns the addresses of a cache entry, sorted.
 func entryAddrs(e *entry) []string {
 	var out []string
-	for _, rr := range e.chain.addrs {
+	for _, rr := range e.addrs() {
 		switch v := rr.(type) {
 		case *dns.A:
 			out = append(out, v.A.String())
@@ -758,12 +758,12 @@ func TestFaults(t *testing.T) {
 			e := s.good.Load()
 			switch {
 			case tc.cached == nil && !tc.negative && e != nil:
-				t.Errorf("cached %v (negative %v), want nothing", entryAddrs(e), e.chain.negative())
+				t.Errorf("cached %v (negative %v), want nothing", entryAddrs(e), e.negative())
 			case (tc.cached != nil || tc.negative) && e == nil:
 				t.Errorf("nothing cached, want %v (negative %v)", tc.cached, tc.negative)
 			case e != nil:
-				if got := entryAddrs(e); !slices.Equal(got, tc.cached) || e.chain.negative() != tc.negative {
-					t.Errorf("cached %v (negative %v), want %v (negative %v)", got, e.chain.negative(), tc.cached, tc.negative)
+				if got := entryAddrs(e); !slices.Equal(got, tc.cached) || e.negative() != tc.negative {
+					t.Errorf("cached %v (negative %v), want %v (negative %v)", got, e.negative(), tc.cached, tc.negative)
 				}
 				if tc.lifetime != 0 && e.lifetime() != tc.lifetime {
 					t.Errorf("cached for %v, want %v", e.lifetime(), tc.lifetime)

@@ -166,7 +166,7 @@ func (f *Flatten) aliasAddrs() []netip.Addr {
 				if e == nil {
 					continue
 				}
-				for _, rr := range e.chain.addrs {
+				for _, rr := range e.addrs() {
 					if ip, ok := rrAddr(rr); ok {
 						out = append(out, ip)
 					}
@@ -352,7 +352,7 @@ func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg,
 		if c.i > 0 {
 			failoverAnswers.WithLabelValues(server).Inc()
 		}
-		f.noteAnswer(ctx, slots[c.i].key.name, c.src.String(), &c.e.chain)
+		f.noteAnswer(ctx, slots[c.i].key.name, c.src.String(), c.e.hops())
 		return f.answer(ctx, w, r, zone, c.entry(), c.src, ttlCap)
 	}
 
@@ -415,8 +415,8 @@ func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns
 		return rcode, err
 	}
 	q := r.Question[0]
-	c := &chain{ttl: math.MaxUint32}
 	name := strings.ToLower(q.Name)
+	c := &chain{start: name, ttl: math.MaxUint32}
 	end, ferr := follow(m, name, q.Qtype, c, map[string]bool{name: true}, f.maxDepth)
 	// A zone whose chain leaves it answers SERVFAIL with its part of the chain when it cannot
 	// follow it out (askNext hides the server it would follow it through): flatten follows it.
@@ -504,7 +504,7 @@ func (f *Flatten) answer(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, 
 	m := new(dns.Msg)
 	m.SetReply(r)
 	m.Authoritative = true
-	if e.chain.negative() {
+	if e.negative() {
 		if soa := f.zoneSOA(ctx, w, r, zone); soa != nil {
 			// The SOA's TTL is how long resolvers cache the NODATA (RFC 2308 5): no longer than
 			// we will keep the target's negative answer.
@@ -512,7 +512,7 @@ func (f *Flatten) answer(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, 
 			m.Ns = []dns.RR{soa}
 		}
 	} else {
-		m.Answer = renamed(e.chain.addrs, r.Question[0].Name, ttl)
+		m.Answer = renamed(e.addrs(), r.Question[0].Name, ttl)
 	}
 	if src == srcStale && r.IsEdns0() != nil {
 		addEDE(m, dns.ExtendedErrorCodeStaleAnswer, "")

@@ -20,7 +20,7 @@ const (
 // metadata functions once the answer is written (when *log* runs).
 type answerNote struct {
 	target, source string
-	chain          *chain
+	hops           []hop
 }
 
 type noteKey struct{}
@@ -32,34 +32,32 @@ func (f *Flatten) Metadata(ctx context.Context, state request.Request) context.C
 	n := &answerNote{}
 	metadata.SetValueFunc(ctx, metaTarget, func() string { return n.target })
 	metadata.SetValueFunc(ctx, metaSource, func() string { return n.source })
-	metadata.SetValueFunc(ctx, metaChain, func() string { return chainString(n.target, n.chain) })
+	metadata.SetValueFunc(ctx, metaChain, func() string { return chainString(n.target, n.hops) })
 	return context.WithValue(ctx, noteKey{}, n)
 }
 
 // noteAnswer records where a flattened answer came from, for the metadata functions. Without
 // *metadata* it costs one atomic load.
-func (f *Flatten) noteAnswer(ctx context.Context, target, source string, c *chain) {
+func (f *Flatten) noteAnswer(ctx context.Context, target, source string, hops []hop) {
 	if !f.metadataOn.Load() {
 		return
 	}
 	if n, ok := ctx.Value(noteKey{}).(*answerNote); ok {
-		n.target, n.source, n.chain = target, source, c
+		n.target, n.source, n.hops = target, source, hops
 	}
 }
 
 // chainString spells a followed chain from target: every hop's name, ending at the name that
 // owns the addresses.
-func chainString(target string, c *chain) string {
+func chainString(target string, hops []hop) string {
 	if target == "" {
 		return ""
 	}
 	var b strings.Builder
 	b.WriteString(target)
-	if c != nil {
-		for _, h := range c.hops {
-			b.WriteString(" -> ")
-			b.WriteString(h.target)
-		}
+	for _, h := range hops {
+		b.WriteString(" -> ")
+		b.WriteString(h.target)
 	}
 	return b.String()
 }

@@ -18,9 +18,10 @@ type exchanger interface {
 	exchange(ctx context.Context, name string, qtype uint16) (*dns.Msg, error)
 }
 
-// hop is one link of a followed chain: owner -> target, with the TTL of the record that made it.
+// hop is one link of a followed chain: to target, with the TTL of the record that made it. Its
+// owner is the target of the hop before, or the chain's start for the first: a hop does not
+// hold it, as cached chains are kept by the hundred thousand and a hop is 24 bytes without it.
 type hop struct {
-	owner  string
 	target string
 	rrtype uint16 // dns.TypeCNAME, or dns.TypeDNAME for a CNAME synthesized from a DNAME (RFC 6672)
 	ttl    uint32
@@ -28,6 +29,7 @@ type hop struct {
 
 // chain is the outcome of walking one target for one address type.
 type chain struct {
+	start string // the name the walk started at
 	// addrs is the final address RRset (A or AAAA records owned by the last name of the chain),
 	// deduplicated. Empty for a negative answer.
 	addrs []dns.RR
@@ -41,13 +43,6 @@ type chain struct {
 	// scope is the longest ECS SCOPE PREFIX-LENGTH of the answers on the chain: the whole chain
 	// is cached for it (RFC 7871 7.2.1, for "message-focused resolvers").
 	scope uint8
-	// Set by the cache when it keeps the chain for a client network (`ecs`, ecs.go): the SCOPE
-	// PREFIX-LENGTH echoed to clients, and whether the upstream wanted a longer prefix than it
-	// was sent. They sit here, in what would be the struct's padding, so that an entry (a chain
-	// and when it was fetched) is 64 bytes, one cache line per answer: as fields of the entry
-	// they would make it 72, which Go allocates as 80 (32 bytes more per configured alias).
-	ecsScope uint8
-	narrow   bool
 }
 
 func (c *chain) negative() bool { return len(c.addrs) == 0 }
@@ -150,7 +145,7 @@ type walker struct {
 // only), the next name is asked for. A name seen twice is a loop; more than maxDepth hops is a
 // failure.
 func (w *walker) resolve(ctx context.Context, target string, qtype uint16) (*chain, error) {
-	c := &chain{ttl: math.MaxUint32}
+	c := &chain{start: target, ttl: math.MaxUint32}
 	visited := map[string]bool{target: true}
 	name := target
 	for hop := 0; ; hop++ {
@@ -237,7 +232,7 @@ func follow(resp *dns.Msg, name string, qtype uint16, c *chain, visited map[stri
 		switch {
 		case cname != nil:
 			next = strings.ToLower(dns.Fqdn(cname.Target))
-			c.hops = append(c.hops, hop{owner: cur, target: next, rrtype: dns.TypeCNAME, ttl: ttlOf(cname)})
+			c.hops = append(c.hops, hop{target: next, rrtype: dns.TypeCNAME, ttl: ttlOf(cname)})
 			c.ttl = min(c.ttl, ttlOf(cname))
 		case dname != nil:
 			// RFC 6672 2.2: replace the DNAME owner suffix of cur with the DNAME target.
@@ -246,7 +241,7 @@ func follow(resp *dns.Msg, name string, qtype uint16, c *chain, visited map[stri
 			if _, ok := dns.IsDomainName(next); !ok || len(next) > 255 {
 				return "", errMalformed(name, "DNAME substitution overflows at "+cur)
 			}
-			c.hops = append(c.hops, hop{owner: cur, target: next, rrtype: dns.TypeDNAME, ttl: ttlOf(dname)})
+			c.hops = append(c.hops, hop{target: next, rrtype: dns.TypeDNAME, ttl: ttlOf(dname)})
 			c.ttl = min(c.ttl, ttlOf(dname))
 		default:
 			return cur, nil
@@ -256,7 +251,7 @@ func follow(resp *dns.Msg, name string, qtype uint16, c *chain, visited map[stri
 			return "", errLoop(next)
 		}
 		if len(c.hops) > maxDepth {
-			return "", errDepth(c.hops[0].owner, maxDepth)
+			return "", errDepth(c.start, maxDepth)
 		}
 		visited[next] = true
 		cur = next
