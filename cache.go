@@ -97,10 +97,13 @@ type flight struct {
 }
 
 // slot holds everything known about one key. It has no lock: reads on the answer path load
-// atomic pointers, and the flight in progress is claimed by compare-and-swap. A slot is 80
+// atomic pointers, and the flight in progress is claimed by compare-and-swap. A slot is 64
 // bytes; there is one per configured target and address type (200,000 for 100,000 aliases).
+// So it does not keep its cacheKey as one (40 bytes, of which the client network is 20 and used
+// by few): key() puts it together.
 type slot struct {
-	key cacheKey
+	name  string  // the target, a lowercased FQDN
+	scope *subnet // the client network the slot is for (`ecs`, ecs.go); nil: every client
 
 	good   atomic.Pointer[entry]   // the last successful resolution, positive or negative
 	fail   atomic.Pointer[failure] // the last failure, cleared by the next success
@@ -114,7 +117,37 @@ type slot struct {
 	failures uint8 // consecutive failed refreshes: the backoff doubles with each (backoff)
 	tried    bool  // the startup round has tried this slot once
 
-	pinned bool // belongs to a configured alias: never evicted, refreshed on a schedule
+	qi     uint8 // the address type, by qtypeIndex
+	pinned bool  // belongs to a configured alias: never evicted, refreshed on a schedule
+}
+
+// init makes s the slot for k, not in the refresh schedule.
+func (s *slot) init(k cacheKey) {
+	s.name, s.qi, s.index = k.name, uint8(qtypeIndex(k.qtype)), -1
+	if k.scope.IsValid() {
+		scope := k.scope
+		s.scope = &scope
+	}
+}
+
+// key is the cache key s is the slot for.
+func (s *slot) key() cacheKey {
+	k := cacheKey{name: s.name, qtype: s.qtype()}
+	if s.scope != nil {
+		k.scope = *s.scope
+	}
+	return k
+}
+
+// qtype is the address type s is for: dns.TypeA or dns.TypeAAAA.
+func (s *slot) qtype() uint16 { return qtypes[s.qi] }
+
+// subnet is the client network s is for; the zero subnet for every client.
+func (s *slot) subnet() subnet {
+	if s.scope == nil {
+		return subnet{}
+	}
+	return *s.scope
 }
 
 // pinnedTarget holds the pinned slots of one configured target, A and AAAA, side by side: one
@@ -272,13 +305,14 @@ func (c *cache) pinTarget(name string) *pinnedTarget {
 		} else {
 			p = new(pinnedTarget)
 		}
-		for i, qtype := range [2]uint16{dns.TypeA, dns.TypeAAAA} {
+		for i, qtype := range qtypes {
 			s := &p.slots[i]
-			s.key = cacheKey{name: name, qtype: qtype}
-			s.pinned, s.index = true, -1
-			if old := c.slots[s.key]; old != nil {
+			k := cacheKey{name: name, qtype: qtype}
+			s.init(k)
+			s.pinned = true
+			if old := c.slots[k]; old != nil {
 				s.good.Store(old.good.Load())
-				delete(c.slots, s.key)
+				delete(c.slots, k)
 				c.demand--
 			}
 		}
@@ -317,11 +351,7 @@ func (c *cache) sibling(s *slot) *slot {
 	if !s.pinned {
 		return nil
 	}
-	other := uint16(dns.TypeAAAA)
-	if s.key.qtype == dns.TypeAAAA {
-		other = dns.TypeA
-	}
-	return c.existing(cacheKey{name: s.key.name, qtype: other})
+	return c.existing(cacheKey{name: s.name, qtype: qtypes[1-s.qi]})
 }
 
 // slotFor returns the slot for k, making an on-demand one if needed and evicting another
@@ -338,7 +368,8 @@ func (c *cache) slotFor(k cacheKey) *slot {
 	if c.demand >= c.capacity {
 		c.evictLocked()
 	}
-	s := &slot{key: k, index: -1}
+	s := new(slot)
+	s.init(k)
 	c.slots[k] = s
 	c.demand++
 	c.countScoped(k, 1)
@@ -366,9 +397,9 @@ func (c *cache) evictLocked() {
 		}
 	}
 	if victim != nil {
-		delete(c.slots, victim.key)
+		delete(c.slots, victim.key())
 		c.demand--
-		c.countScoped(victim.key, -1)
+		c.countScoped(victim.key(), -1)
 	}
 }
 
@@ -442,7 +473,7 @@ func (c *cache) await(ctx context.Context, s *slot, nested bool) (*entry, *resol
 	case <-t.C:
 	case <-ctx.Done():
 	}
-	return nil, errTimeout(s.key.name)
+	return nil, errTimeout(s.name)
 }
 
 // peek returns what get would answer s with at now, and the failure remembered for it, without
@@ -538,12 +569,12 @@ func (c *cache) run(ctx context.Context, s *slot, fl *flight) {
 	defer stop()
 
 	start := time.Now()
-	ch, err := c.resolve(ctx, s.key)
+	ch, err := c.resolve(ctx, s.key())
 	lookupDuration.WithLabelValues(c.server).Observe(time.Since(start).Seconds())
 
 	now := c.now()
 	if err != nil {
-		re := asResolveError(s.key.name, err)
+		re := asResolveError(s.name, err)
 		s.fail.Store(&failure{err: re, at: now, until: now.Add(failureTTL)})
 		fl.err = re
 	} else {
@@ -627,7 +658,7 @@ func (c *cache) adopt() {
 	entries := make(map[cacheKey]*entry, old.countLocked())
 	old.eachLocked(func(s *slot) {
 		if e := s.good.Load(); e != nil {
-			entries[s.key] = e
+			entries[s.key()] = e
 		}
 	})
 	old.mu.RUnlock()
@@ -856,6 +887,9 @@ func (h *refreshHeap) Pop() any {
 }
 
 // qtypeIndex maps the two address types to 0 and 1, for per-type arrays.
+// qtypes are the address types by qtypeIndex.
+var qtypes = [2]uint16{dns.TypeA, dns.TypeAAAA}
+
 func qtypeIndex(qtype uint16) int {
 	if qtype == dns.TypeAAAA {
 		return 1

@@ -221,7 +221,7 @@ func subnetFrom(ctx context.Context) netip.Prefix {
 // client's network, not its own: RFC 7871 7.1.1 says refreshes use the longest SOURCE
 // PREFIX-LENGTH we are willing to cache, even when an answer said a shorter one was enough.
 func subnetFor(ctx context.Context, s *slot) context.Context {
-	p, sub := s.key.scope.prefix(), subnetFrom(ctx)
+	p, sub := s.subnet().prefix(), subnetFrom(ctx)
 	if !p.IsValid() {
 		if sub.IsValid() {
 			return withSubnet(ctx, netip.Prefix{})
@@ -427,7 +427,7 @@ func (c *cache) covering(k cacheKey, now time.Time, usable bool) (*entry, *slot)
 // most specific entry still within the stale window (the client's network, then broader ones down
 // to the shared scope 0), then the warm answer; else nothing, and the caller's fallback.
 func (c *cache) getECS(ctx context.Context, shared *slot, sub netip.Prefix, nested bool) (*entry, source, *resolveError) {
-	k := cacheKey{name: shared.key.name, qtype: shared.key.qtype, scope: subnetOf(sub)}
+	k := cacheKey{name: shared.name, qtype: shared.qtype(), scope: subnetOf(sub)}
 	now := c.now()
 	if e, holder := c.covering(k, now, false); e != nil && now.Before(e.expires()) {
 		// Refresh ahead through the slot that holds the entry, so that the clients of all the
@@ -481,23 +481,23 @@ func (c *cache) ladderECS(shared *slot, k cacheKey, now time.Time, err *resolveE
 // for cut to the returned scope. A scope longer than what was sent is cut to what was sent, the
 // most we are willing to cache (RFC 7871 7.3.1), and the entry then serves only that network.
 func (c *cache) store(ctx context.Context, s *slot, e *entry, ch *chain) {
-	if !s.key.scope.IsValid() {
+	if s.scope == nil {
 		s.good.Store(e)
 		return
 	}
 	sent := subnetFrom(ctx) // subnetFor set it
 	if !sent.IsValid() {
-		sent = s.key.scope.prefix()
+		sent = s.scope.prefix()
 	}
 	e.ecsScope = uint8(min(int(ch.scope), sent.Bits()))
 	e.narrow = int(ch.scope) > sent.Bits()
 	p, _ := sent.Addr().Prefix(int(e.ecsScope))
-	if subnetOf(p) == s.key.scope {
+	if subnetOf(p) == *s.scope {
 		s.good.Store(e)
 		return
 	}
-	c.slotFor(cacheKey{name: s.key.name, qtype: s.key.qtype, scope: subnetOf(p)}).good.Store(e)
-	if s.key.scope == subnetOf(sent) {
+	c.slotFor(cacheKey{name: s.name, qtype: s.qtype(), scope: subnetOf(p)}).good.Store(e)
+	if *s.scope == subnetOf(sent) {
 		// The answer for this network now lives in a broader slot (or the upstream narrowed it);
 		// an older answer left here would shadow it. The slot only held the flight: drop it.
 		c.drop(s)
@@ -509,10 +509,10 @@ func (c *cache) drop(s *slot) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s.good.Store(nil)
-	if c.slots[s.key] == s && !s.pinned {
-		delete(c.slots, s.key)
+	if k := s.key(); c.slots[k] == s && !s.pinned {
+		delete(c.slots, k)
 		c.demand--
-		c.countScoped(s.key, -1)
+		c.countScoped(k, -1)
 		cacheEntries.WithLabelValues(c.server).Set(float64(len(c.slots)))
 	}
 }

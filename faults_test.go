@@ -122,7 +122,7 @@ func (rig *faultRig) forgedInCache(t *testing.T) {
 		if e := s.good.Load(); e != nil {
 			for _, a := range entryAddrs(e) {
 				if isForged(a) {
-					t.Errorf("cache entry %s %s holds the forged address %s", s.key.name, dns.TypeToString[s.key.qtype], a)
+					t.Errorf("cache entry %s %s holds the forged address %s", s.name, dns.TypeToString[s.qtype()], a)
 				}
 			}
 		}

@@ -101,7 +101,7 @@ func (a alias) targets() []string {
 	if a.more != nil {
 		return a.more.targets
 	}
-	return []string{a.one.slots[0].key.name}
+	return []string{a.one.slots[0].name}
 }
 
 // slots returns the slot of each target for an address type (qtypeIndex), in targets' order.
@@ -352,7 +352,7 @@ func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg,
 		if c.i > 0 {
 			failoverAnswers.WithLabelValues(server).Inc()
 		}
-		f.noteAnswer(ctx, slots[c.i].key.name, c.src.String(), c.e.hops())
+		f.noteAnswer(ctx, slots[c.i].name, c.src.String(), c.e.hops())
 		return f.answer(ctx, w, r, zone, c.entry(), c.src, ttlCap)
 	}
 
@@ -383,7 +383,7 @@ func (f *Flatten) pick(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, sl
 	p := pathFrom(ctx)
 	var pk picker
 	for i, s := range slots {
-		target := s.key.name
+		target := s.name
 		// A lookup through this server that comes back to a target that is already being
 		// resolved further up is a loop (a flattened name whose chain leads back to itself).
 		if p.contains(target) || p.len() > f.maxDepth {
