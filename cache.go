@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"context"
 	"slices"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -216,11 +217,15 @@ type cache struct {
 	limiter *rate.Limiter
 
 	mu sync.RWMutex
-	// slots holds the slots made on demand; pinned holds the configured targets' by name.
-	slots   map[cacheKey]*slot
-	pinned  map[string]*pinnedTarget
-	pinSlab []pinnedTarget // reserved by reservePins: pin takes from it, one allocation for all
-	demand  int            // slots made on demand, bounded by capacity
+	// slots holds the slots made on demand.
+	slots  map[cacheKey]*slot
+	demand int // slots made on demand, bounded by capacity
+	// pins holds the configured targets' slots, made at setup by pinTargets: one allocation,
+	// sorted by name and searched (pinnedLocked). 100,000 targets cost the garbage collector one
+	// object to mark instead of 100,000, and no index: a map by name would cost about 35 bytes
+	// more per target. pinsLater holds any target pinned after that (pinTarget; tests).
+	pins      []pinnedTarget
+	pinsLater map[string]*pinnedTarget
 	// addrSets shares one copy of each address RRset between the entries that hold it, names
 	// one copy of each name a chain leads to.
 	addrSets addrSets
@@ -257,7 +262,6 @@ func newCache(resolve resolveFunc) *cache {
 		timeout:  defaultTimeout,
 		capacity: defaultCapacity,
 		slots:    make(map[cacheKey]*slot),
-		pinned:   make(map[string]*pinnedTarget),
 		base:     base,
 		cancel:   cancel,
 		kick:     make(chan struct{}, 1),
@@ -282,53 +286,78 @@ func refreshInterval(qps int) time.Duration {
 	return time.Second * 102 / time.Duration(100*qps)
 }
 
-// reservePins makes room for n configured targets in one allocation, so that 100,000 aliases
-// cost the garbage collector one object to mark instead of 100,000. Called at setup.
-func (c *cache) reservePins(n int) {
+// pinTargets makes the pinned slots of the configured targets (lowercased FQDNs, in any order,
+// repeats allowed). Called once at setup, before start; pinTarget then finds them.
+func (c *cache) pinTargets(names []string) {
+	names = slices.Compact(slices.Sorted(slices.Values(names)))
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.pinSlab = make([]pinnedTarget, n)
-	if len(c.pinned) == 0 {
-		c.pinned = make(map[string]*pinnedTarget, n)
+	c.pins = make([]pinnedTarget, len(names))
+	for i, name := range names {
+		c.initPinLocked(&c.pins[i], name)
 	}
 }
 
-// pinTarget returns the pinned slots of a configured target, making them if needed. Called at
-// setup, before start. A slot made on demand for the same key is taken over.
+// pinTarget returns the pinned slots of a configured target, making them if pinTargets did not.
 func (c *cache) pinTarget(name string) *pinnedTarget {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	p := c.pinned[name]
-	if p == nil {
-		if len(c.pinSlab) > 0 {
-			p, c.pinSlab = &c.pinSlab[0], c.pinSlab[1:]
-		} else {
-			p = new(pinnedTarget)
-		}
-		for i, qtype := range qtypes {
-			s := &p.slots[i]
-			k := cacheKey{name: name, qtype: qtype}
-			s.init(k)
-			s.pinned = true
-			if old := c.slots[k]; old != nil {
-				s.good.Store(old.good.Load())
-				delete(c.slots, k)
-				c.demand--
-			}
-		}
-		c.pinned[name] = p
+	if p := c.pinnedLocked(name); p != nil {
+		return p
 	}
+	p := new(pinnedTarget)
+	c.initPinLocked(p, name)
+	if c.pinsLater == nil {
+		c.pinsLater = map[string]*pinnedTarget{}
+	}
+	c.pinsLater[name] = p
 	return p
+}
+
+// initPinLocked makes p the pinned slots of name. A slot made on demand for the same key is
+// taken over. c.mu is held.
+func (c *cache) initPinLocked(p *pinnedTarget, name string) {
+	for i, qtype := range qtypes {
+		s := &p.slots[i]
+		k := cacheKey{name: name, qtype: qtype}
+		s.init(k)
+		s.pinned = true
+		if old := c.slots[k]; old != nil {
+			s.good.Store(old.good.Load())
+			delete(c.slots, k)
+			c.demand--
+		}
+	}
+}
+
+// pinnedLocked returns the pinned slots of name; nil if it is not a configured target. c.mu is
+// held.
+func (c *cache) pinnedLocked(name string) *pinnedTarget {
+	i := sort.Search(len(c.pins), func(i int) bool { return c.pins[i].slots[0].name >= name })
+	if i < len(c.pins) && c.pins[i].slots[0].name == name {
+		return &c.pins[i]
+	}
+	return c.pinsLater[name]
 }
 
 // lookupLocked returns the slot for k, pinned or on demand; c.mu is held.
 func (c *cache) lookupLocked(k cacheKey) *slot {
 	if !k.scope.IsValid() {
-		if p := c.pinned[k.name]; p != nil {
+		if p := c.pinnedLocked(k.name); p != nil {
 			return &p.slots[qtypeIndex(k.qtype)]
 		}
 	}
 	return c.slots[k]
+}
+
+// eachPinLocked calls fn for every pinned target; c.mu is held.
+func (c *cache) eachPinLocked(fn func(*pinnedTarget)) {
+	for i := range c.pins {
+		fn(&c.pins[i])
+	}
+	for _, p := range c.pinsLater {
+		fn(p)
+	}
 }
 
 // eachLocked calls fn for every slot, pinned and on demand; c.mu is held.
@@ -336,15 +365,15 @@ func (c *cache) eachLocked(fn func(*slot)) {
 	for _, s := range c.slots {
 		fn(s)
 	}
-	for _, p := range c.pinned {
+	c.eachPinLocked(func(p *pinnedTarget) {
 		for i := range p.slots {
 			fn(&p.slots[i])
 		}
-	}
+	})
 }
 
 // countLocked is the number of slots, for the entries gauge; c.mu is held.
-func (c *cache) countLocked() int { return len(c.slots) + 2*len(c.pinned) }
+func (c *cache) countLocked() int { return len(c.slots) + 2*(len(c.pins)+len(c.pinsLater)) }
 
 // sibling returns the other address type's slot of a pinned target.
 func (c *cache) sibling(s *slot) *slot {
@@ -676,7 +705,7 @@ func (c *cache) start() {
 	now := c.now()
 	c.schedMu.Lock()
 	c.mu.RLock()
-	for _, p := range c.pinned {
+	c.eachPinLocked(func(p *pinnedTarget) {
 		for i := range p.slots {
 			if s := &p.slots[i]; s.index < 0 {
 				s.due = c.since(now)
@@ -684,7 +713,7 @@ func (c *cache) start() {
 				c.pending++
 			}
 		}
-	}
+	})
 	cacheEntries.WithLabelValues(c.server).Set(float64(c.countLocked()))
 	c.mu.RUnlock()
 	c.schedMu.Unlock()

@@ -537,7 +537,8 @@ func TestRefreshKeepsAliasFreshWithoutQueries(t *testing.T) {
 // left the on-demand map, entries took their chain by value and hops were shared; about 730
 // after; about 610 since entries are 64 bytes and aliases are held by value in their map; about
 // 580 since slots hold their client network in 18 bytes instead of 32; 484 since aliases are 24
-// bytes and slots 80; 420 since entries are 32 bytes and hops 24; 388 since slots are 64.
+// bytes and slots 80; 420 since entries are 32 bytes and hops 24; 388 since slots are 64; 354
+// since the pinned targets are found by searching their sorted slice instead of by a map.
 func TestMemoryPerAlias(t *testing.T) {
 	if testing.Short() {
 		t.Skip("resolves 50,000 aliases")
@@ -620,5 +621,48 @@ func TestPinnedTargetSharesHops(t *testing.T) {
 	}
 	if targets[0] != "s0.agency.test." || unsafe.StringData(targets[0]) != unsafe.StringData(targets[1]) {
 		t.Errorf("hop targets %q and %q: want one copy of s0.agency.test.", targets[0], targets[1])
+	}
+}
+
+// TestPinnedTargetsFoundByName: configured targets are pinned once each, whatever the order and
+// repetition in which aliases name them, and a lookup by name (a chain in the zone that ends at
+// a configured target, explain) finds the very slots the aliases answer from, while a name that
+// is not a target is not taken for one.
+func TestPinnedTargetsFoundByName(t *testing.T) {
+	f, err := parse(newSetupController(`flatten example.org {
+		alias a3 z.agency.test.
+		alias a1 m.agency.test. b.agency.test.
+		alias a2 b.agency.test.
+		alias a4 m.agency.test. z.agency.test. q.agency.test.
+	}`, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.initCache(func(ctx context.Context, k cacheKey) (*chain, error) { return nil, errors.New("not asked") }, "")
+	c := f.cache
+	if n := c.len(); n != 8 {
+		t.Errorf("%d slots, want 8: four targets, A and AAAA", n)
+	}
+	for name, a := range f.aliases {
+		for qi, qtype := range qtypes {
+			for i, s := range a.slots(qi, nil) {
+				target := a.targets()[i]
+				if s.name != target || s.qtype() != qtype || !s.pinned {
+					t.Errorf("%s: slot %d is %s %d (pinned %v), want %s %d pinned", name, i, s.name, s.qtype(), s.pinned, target, qtype)
+				}
+				k := cacheKey{name: target, qtype: qtype}
+				if c.existing(k) != s || c.slotFor(k) != s {
+					t.Errorf("%s: looking up %s %d finds another slot than the alias's", name, target, qtype)
+				}
+			}
+		}
+	}
+	for _, other := range []string{"a.agency.test.", "c.agency.test.", "n.agency.test.", "zz.agency.test."} {
+		if s := c.existing(cacheKey{name: other, qtype: dns.TypeA}); s != nil {
+			t.Errorf("%s is not a target, found slot %s", other, s.name)
+		}
+	}
+	if n := c.len(); n != 8 {
+		t.Errorf("%d slots after lookups, want 8: a lookup of a target made an on-demand slot", n)
 	}
 }

@@ -202,13 +202,11 @@ func (f *Flatten) initCache(resolve resolveFunc, server string) {
 	// zones, same upstreams (answers resolved elsewhere are not kept).
 	c.identity = server + " " + strings.Join(f.Zones, ",") + " " + strings.Join(f.upstreams, ",")
 	c.base = withServerLabel(c.base, server)
-	targets := map[string]bool{}
+	var targets []string
 	for _, a := range f.aliases {
-		for _, t := range a.targets() {
-			targets[t] = true
-		}
+		targets = append(targets, a.targets()...)
 	}
-	c.reservePins(len(targets))
+	c.pinTargets(targets)
 	for name, a := range f.aliases {
 		// Every target is pinned, so a failover finds the next target already resolved, and a
 		// recovered primary is seen at its next refresh. A single target keeps only its pinned
