@@ -547,8 +547,8 @@ func checkParsed(t *testing.T, fl *Flatten) {
 		if !hostname(k) {
 			t.Errorf("alias %q: not a host name", k)
 		}
-		if z := plugin.Zones(fl.Zones).Matches(k); z == "" || a.zone < 0 || int(a.zone) >= len(fl.Zones) || z != fl.Zones[a.zone] {
-			t.Errorf("alias %q: zone index %d of %v, want %q", k, a.zone, fl.Zones, z)
+		if z := plugin.Zones(fl.Zones).Matches(k); z == "" || fl.zoneOf(k) != z {
+			t.Errorf("alias %q: zone %q of %v, want %q", k, fl.zoneOf(k), fl.Zones, z)
 		}
 	}
 	if fl.maxDepth < 1 || fl.maxDepth > maxMaxDepth {

@@ -142,7 +142,7 @@ func (f *Flatten) parseAlias(c *caddy.Controller) error {
 	if len(a) < 2 {
 		return c.Errf("'alias' takes a NAME and at least 1 TARGET, got %d argument(s): %v", len(a), a)
 	}
-	name, zone, err := f.aliasName(c, a[0])
+	name, err := f.aliasName(c, a[0])
 	if err != nil {
 		return err
 	}
@@ -167,25 +167,25 @@ func (f *Flatten) parseAlias(c *caddy.Controller) error {
 		targets = append(targets, target)
 	}
 	// Every alias keeps its targets in a list until initCache pins them.
-	f.aliases[name] = alias{more: &targetList{targets: targets}, zone: int32(slices.Index(f.Zones, zone))}
+	f.aliases[name] = alias{more: &targetList{targets: targets}}
 	return nil
 }
 
 // aliasName resolves an alias NAME: `@` for the apex of the single zone, a name relative to the
-// single zone, or an absolute name inside ZONES. It returns the lowercased FQDN and its zone.
-func (f *Flatten) aliasName(c *caddy.Controller, s string) (string, string, error) {
+// single zone, or an absolute name inside ZONES. It returns the lowercased FQDN.
+func (f *Flatten) aliasName(c *caddy.Controller, s string) (string, error) {
 	var name string
 	switch {
 	case s == "@":
 		if len(f.Zones) != 1 {
-			return "", "", c.Errf("alias name '@' needs exactly one zone, have %d: %v", len(f.Zones), f.Zones)
+			return "", c.Errf("alias name '@' needs exactly one zone, have %d: %v", len(f.Zones), f.Zones)
 		}
 		name = f.Zones[0]
 	case strings.HasSuffix(s, "."):
 		name = strings.ToLower(s)
 	default:
 		if len(f.Zones) != 1 {
-			return "", "", c.Errf("relative alias name '%s' needs exactly one zone, have %d; write it as an absolute name", s, len(f.Zones))
+			return "", c.Errf("relative alias name '%s' needs exactly one zone, have %d; write it as an absolute name", s, len(f.Zones))
 		}
 		name = strings.ToLower(s) + "." + f.Zones[0]
 		if f.Zones[0] == "." {
@@ -193,13 +193,12 @@ func (f *Flatten) aliasName(c *caddy.Controller, s string) (string, string, erro
 		}
 	}
 	if !hostname(name) {
-		return "", "", c.Errf("alias name '%s' is not a valid host name", s)
+		return "", c.Errf("alias name '%s' is not a valid host name", s)
 	}
-	zone := plugin.Zones(f.Zones).Matches(name)
-	if zone == "" {
-		return "", "", c.Errf("alias name '%s' is not inside the zones %v", s, f.Zones)
+	if plugin.Zones(f.Zones).Matches(name) == "" {
+		return "", c.Errf("alias name '%s' is not inside the zones %v", s, f.Zones)
 	}
-	return name, zone, nil
+	return name, nil
 }
 
 // parseCNAME reads `cname NAMES...`: absolute names inside ZONES, `@` for the apex of the single

@@ -128,8 +128,8 @@ func TestParseDefaults(t *testing.T) {
 	if len(f.aliases) != 1 || !ok {
 		t.Fatalf("Test 0: expected one alias at example.org., got %v", f.aliases)
 	}
-	if !slices.Equal(a.targets(), []string{"target.example.net."}) || f.Zones[a.zone] != "example.org." {
-		t.Errorf("Test 0: expected alias example.org. -> target.example.net. in example.org., got -> %s in %s", a.targets(), f.Zones[a.zone])
+	if !slices.Equal(a.targets(), []string{"target.example.net."}) || f.zoneOf("example.org.") != "example.org." {
+		t.Errorf("Test 0: expected alias example.org. -> target.example.net. in example.org., got -> %s in %s", a.targets(), f.zoneOf("example.org."))
 	}
 }
 
@@ -402,9 +402,9 @@ func TestParseAlias(t *testing.T) {
 				t.Errorf("Test %d: expected an alias at %s, got none", i, name)
 				continue
 			}
-			if strings.Join(a.targets(), " ") != want.target || f.Zones[a.zone] != want.zone {
+			if strings.Join(a.targets(), " ") != want.target || f.zoneOf(name) != want.zone {
 				t.Errorf("Test %d: expected alias %s -> %s in %s, got -> %s in %s",
-					i, name, want.target, want.zone, a.targets(), f.Zones[a.zone])
+					i, name, want.target, want.zone, a.targets(), f.zoneOf(name))
 			}
 		}
 	}
