@@ -67,6 +67,7 @@ func (e *entry) hops() []hop {
 	return e.path.hops
 }
 
+// negative reports whether e has no address: NODATA, or NXDOMAIN when e.nxdomain is set.
 func (e *entry) negative() bool { return e.set == nil }
 
 // clockBase is what entry.fetched counts from. Offsets from a time with a monotonic reading keep
@@ -617,8 +618,9 @@ func (c *cache) run(ctx context.Context, s *slot, fl *flight) {
 	close(fl.done)
 }
 
-// newEntry makes the entry for ch, resolved at now. It takes ch over: its address RRset and names
-// become the shared copies, and its ttl the lifetime.
+// newEntry makes the entry for ch, resolved at now. Its address RRset and the names its hops
+// lead to become the shared copies (ch's hops are taken over), and its TTL, clamped by `ttl MIN
+// MAX`, the lifetime.
 func (c *cache) newEntry(ch *chain, now time.Time) *entry {
 	e := &entry{
 		set:      c.addrSets.intern(ch.addrs),
