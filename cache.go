@@ -427,9 +427,10 @@ func (c *cache) evictLocked() {
 		}
 	}
 	if victim != nil {
-		delete(c.slots, victim.key())
+		k := victim.key()
+		delete(c.slots, k)
 		c.demand--
-		c.countScoped(victim.key(), -1)
+		c.countScoped(k, -1)
 	}
 }
 

@@ -312,9 +312,9 @@ func answerScope(resp *dns.Msg) uint8 {
 // client's network, only as the last stand-in before the zone's fallback records.
 
 // subnet is a client network as a cache key holds it. A netip.Prefix is 32 bytes (its Addr has
-// room for an IPv6 zone, which a network never has); this is 18, and makes every slot, pinned
-// ones included, 96 bytes instead of 112: 32 bytes less per configured target. Equal networks
-// give equal subnets, so it compares as the Prefix would. The zero subnet is no network.
+// room for an IPv6 zone, which a network never has); this is 18, which keeps a cacheKey at 40
+// bytes (a slot holds its subnet by pointer, and only when it has one). Equal networks give
+// equal subnets, so it compares as the Prefix would. The zero subnet is no network.
 type subnet struct {
 	addr [16]byte // the network's address, IPv4 as IPv4-mapped IPv6
 	bits uint8    // the prefix length plus one; 0: no network

@@ -425,7 +425,8 @@ func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns
 	end, ferr := follow(m, name, q.Qtype, c, map[string]bool{name: true}, f.maxDepth)
 	// A zone whose chain leaves it answers SERVFAIL with its part of the chain when it cannot
 	// follow it out (askNext hides the server it would follow it through): flatten follows it.
-	leaves := ferr == nil && plugin.Zones(f.Zones).Matches(end) == ""
+	inZone := plugin.Zones(f.Zones).Matches(end) != "" // read below only when follow succeeded
+	leaves := ferr == nil && !inZone
 	failed := m.Rcode != dns.RcodeSuccess && !(m.Rcode == dns.RcodeServerFailure && leaves)
 	if ferr != nil || len(c.hops) == 0 || (failed && len(c.addrs) == 0) || c.hops[0].rrtype == dns.TypeDNAME || synthesizedFromDNAME(m, name) {
 		// Not a chain (or a broken one, or one that ends in NXDOMAIN in the zone), or one that
@@ -451,13 +452,13 @@ func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns
 		var one [1]*slot
 		return f.flatten(ctx, w, r, zone, c.ttl, a.slots(qtypeIndex(q.Qtype), one[:0]))
 	}
-	if f.zoneAliases != nil && plugin.Zones(f.Zones).Matches(end) != "" {
+	if f.zoneAliases != nil && inZone {
 		if za := f.zoneAliasFor(ctx, w, r, end); za.target != "" {
 			s := f.cache.slotFor(cacheKey{name: za.target, qtype: q.Qtype})
 			return f.flatten(ctx, w, r, zone, min(c.ttl, za.ttl), []*slot{s})
 		}
 	}
-	if plugin.Zones(f.Zones).Matches(end) != "" || hasNegativeSOA(m, end) {
+	if inZone || hasNegativeSOA(m, end) {
 		// The chain ends inside the zone, or the zone proved its end has no address of the type:
 		// the plugins below already answered it, and it is nobody else's business. NODATA.
 		reply := new(dns.Msg)
