@@ -357,7 +357,7 @@ func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg,
 		if c.i > 0 {
 			failoverAnswers.WithLabelValues(server).Inc()
 		}
-		f.noteAnswer(ctx, slots[c.i].name, c.src.String(), c.e.hops())
+		f.noteAnswer(ctx, slots[c.i].name, c.src.String(), c.e)
 		return f.answer(ctx, w, r, zone, c.entry(), c.src, ttlCap)
 	}
 
