@@ -108,7 +108,7 @@ func BenchmarkCachePluginHit(b *testing.B) {
 func BenchmarkFlattenMiss(b *testing.B) {
 	f := newLadderFlatten(benchUpstream(), newFakeClock(), false)
 	f.Next = benchFile(b)
-	a := f.aliases["example.org."]
+	a, _ := f.aliases.get("example.org.")
 	s := a.slots(0, nil)[0]
 	ctx := context.Background()
 	w := &packWriter{}
@@ -167,7 +167,7 @@ func manyAliases(tb testing.TB, n int) (*Flatten, uint64) {
 	})
 	w := &walker{ex: ex, maxDepth: defaultMaxDepth}
 	f.initCache(func(ctx context.Context, k cacheKey) (*chain, error) { return w.resolve(ctx, k.name, k.qtype) }, "")
-	for _, a := range f.aliases {
+	f.aliases.each(func(_ string, a alias) {
 		for i := range 2 {
 			for _, s := range a.slots(i, nil) {
 				// As the refresher does: the slot's flight (run) stores the entry.
@@ -178,7 +178,7 @@ func manyAliases(tb testing.TB, n int) (*Flatten, uint64) {
 				}
 			}
 		}
-	}
+	})
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	return f, after.HeapAlloc - before.HeapAlloc

@@ -334,11 +334,17 @@ func (c *cache) initPinLocked(p *pinnedTarget, name string) {
 // pinnedLocked returns the pinned slots of name; nil if it is not a configured target. c.mu is
 // held.
 func (c *cache) pinnedLocked(name string) *pinnedTarget {
-	i := sort.Search(len(c.pins), func(i int) bool { return c.pins[i].slots[0].name >= name })
-	if i < len(c.pins) && c.pins[i].slots[0].name == name {
+	if i, ok := c.pinIndex(name); ok {
 		return &c.pins[i]
 	}
 	return c.pinsLater[name]
+}
+
+// pinIndex returns the index in c.pins of name's pinned slots, if pinTargets made them. c.pins
+// does not change after pinTargets, so no lock is needed.
+func (c *cache) pinIndex(name string) (int, bool) {
+	i := sort.Search(len(c.pins), func(i int) bool { return c.pins[i].slots[0].name >= name })
+	return i, i < len(c.pins) && c.pins[i].slots[0].name == name
 }
 
 // lookupLocked returns the slot for k, pinned or on demand; c.mu is held.

@@ -104,7 +104,7 @@ func (f *Flatten) mayExplain(addr net.Addr) bool {
 // explainTargets returns the targets NAME follows, how it comes to follow them (alias,
 // zone_alias, cname) and, for cname, the chain inside the zone that leads to them.
 func (f *Flatten) explainTargets(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, name string) ([]string, string, string) {
-	if a, ok := f.aliases[name]; ok {
+	if a, ok := f.aliases.get(name); ok {
 		return a.targets(), "alias", ""
 	}
 	if f.zoneAliases != nil {
@@ -125,7 +125,7 @@ func (f *Flatten) explainTargets(ctx context.Context, w dns.ResponseWriter, r *d
 		return nil, "", "" // not a chain, or one the zone answers itself
 	}
 	via := chainString(name, c.hops)
-	if a, ok := f.aliases[end]; ok {
+	if a, ok := f.aliases.get(end); ok {
 		return a.targets(), "cname", via
 	}
 	if plugin.Zones(f.Zones).Matches(end) != "" {

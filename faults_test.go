@@ -105,7 +105,7 @@ func newFaultRig(t *testing.T, lines ...string) *faultRig {
 // slot returns the cache slot of alias name (a lowercased FQDN) for qtype.
 func (rig *faultRig) slot(t *testing.T, name string, qtype uint16) *slot {
 	t.Helper()
-	a, ok := rig.f.aliases[name]
+	a, ok := rig.f.aliases.get(name)
 	if !ok {
 		t.Fatalf("no alias %q", name)
 	}

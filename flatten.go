@@ -42,8 +42,8 @@ type Flatten struct {
 	Next  plugin.Handler
 	Zones []string
 
-	aliases    map[string]alias // by lowercased name; held by value (see alias)
-	upstreams  []string         // resolver addresses; empty: resolve through this server
+	aliases    aliasTable // the configured aliases, by name (aliases.go)
+	upstreams  []string   // resolver addresses; empty: resolve through this server
 	maxDepth   int
 	timeout    time.Duration
 	ttlMin     uint32
@@ -77,11 +77,10 @@ type Flatten struct {
 	proxies *proxyExchanger // set when resolving through upstream addresses
 }
 
-// alias is one configured `alias NAME TARGET...`, found by its name in the map of aliases. It
-// is 16 bytes and held by value: with 100,000 aliases every byte is paid once per alias and the
-// map's probe loads it with its key. Its name is the map's key, its zone is found from the name
-// (zoneOf), and a single target (the usual case) is its pair of pinned slots, A and AAAA side by
-// side, which hold the target's name: nothing is held twice.
+// alias is one configured `alias NAME TARGET...`, as the table of aliases returns it (aliases.go).
+// Its name is the table's key, its zone is found from the name (zoneOf), and a single target (the
+// usual case) is its pair of pinned slots, A and AAAA side by side, which hold the target's name:
+// nothing is held twice.
 type alias struct {
 	one  *pinnedTarget // the single target's slots, once initCache has pinned them
 	more *targetList   // every target: with more than one, or until initCache pins the one
@@ -94,12 +93,13 @@ type targetList struct {
 	slots   [2][]*slot
 }
 
-// zoneOf returns the zone of f.Zones that holds an alias's name (setup checked there is one).
+// zoneOf returns the zone of f.Zones that holds an alias's name, in any case (setup checked
+// there is one).
 func (f *Flatten) zoneOf(name string) string {
 	if len(f.Zones) == 1 {
 		return f.Zones[0] // the usual server block, without a search
 	}
-	return plugin.Zones(f.Zones).Matches(name)
+	return plugin.Zones(f.Zones).Matches(strings.ToLower(name))
 }
 
 // targets returns a's targets (lowercased FQDNs), in order of preference. Not for the answer
@@ -124,7 +124,7 @@ func (a alias) slots(i int, buf []*slot) []*slot {
 // New returns a Flatten with the default settings and no aliases.
 func New() *Flatten {
 	return &Flatten{
-		aliases:     make(map[string]alias),
+		aliases:     newAliasTable(),
 		maxDepth:    defaultMaxDepth,
 		timeout:     defaultTimeout,
 		ttlMin:      defaultTTLMin,
@@ -166,7 +166,7 @@ func (f *Flatten) prepare(server string) {
 func (f *Flatten) aliasAddrs() []netip.Addr {
 	var out []netip.Addr
 	var one [1]*slot // a single target's slot, without a slice allocated per alias and type
-	for _, a := range f.aliases {
+	f.aliases.each(func(_ string, a alias) {
 		for i := range 2 {
 			for _, s := range a.slots(i, one[:0]) {
 				e := s.good.Load()
@@ -180,7 +180,7 @@ func (f *Flatten) aliasAddrs() []netip.Addr {
 				}
 			}
 		}
-	}
+	})
 	return out
 }
 
@@ -209,28 +209,7 @@ func (f *Flatten) initCache(resolve resolveFunc, server string) {
 	// zones, same upstreams (answers resolved elsewhere are not kept).
 	c.identity = server + " " + strings.Join(f.Zones, ",") + " " + strings.Join(f.upstreams, ",")
 	c.base = withServerLabel(c.base, server)
-	var targets []string
-	for _, a := range f.aliases {
-		targets = append(targets, a.targets()...)
-	}
-	c.pinTargets(targets)
-	for name, a := range f.aliases {
-		// Every target is pinned, so a failover finds the next target already resolved, and a
-		// recovered primary is seen at its next refresh. A single target keeps only its pinned
-		// pair (a is a copy: it is stored back); for more, one array holds both types' pointers.
-		if targets := a.targets(); len(targets) == 1 {
-			a.one, a.more = c.pinTarget(targets[0]), nil
-		} else {
-			n := len(targets)
-			both := make([]*slot, 2*n)
-			a.more.slots = [2][]*slot{both[:n:n], both[n:]}
-			for i, t := range targets {
-				p := c.pinTarget(t)
-				a.more.slots[0][i], a.more.slots[1][i] = &p.slots[0], &p.slots[1]
-			}
-		}
-		f.aliases[name] = a
-	}
+	f.aliases.pin(c)
 	f.cache = c
 }
 
@@ -292,15 +271,16 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 		}
 		return plugin.NextOrFailure(f.Name(), f.Next, ctx, w, r)
 	}
-	// strings.ToLower does not allocate when the name is already lower case.
-	name := strings.ToLower(r.Question[0].Name)
-	qtype := r.Question[0].Qtype
+	qname, qtype := r.Question[0].Name, r.Question[0].Qtype
 
-	// A configured alias: answered from memory, without looking at the zone.
-	if a, ok := f.aliases[name]; ok {
+	// A configured alias: answered from memory, without looking at the zone. The table takes the
+	// name in any case.
+	if a, ok := f.aliases.get(qname); ok {
 		var one [1]*slot
-		return f.flatten(ctx, w, r, f.zoneOf(name), math.MaxUint32, a.slots(qtypeIndex(qtype), one[:0]))
+		return f.flatten(ctx, w, r, f.zoneOf(qname), math.MaxUint32, a.slots(qtypeIndex(qtype), one[:0]))
 	}
+	// strings.ToLower does not allocate when the name is already lower case.
+	name := strings.ToLower(qname)
 	zone := plugin.Zones(f.Zones).Matches(name)
 	if zone == "" {
 		return plugin.NextOrFailure(f.Name(), f.Next, ctx, w, r)
@@ -448,7 +428,7 @@ func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns
 	}
 	// The chain ends at a name flattened here: answer with what that name answers with. Asking
 	// upstream would ask the world for our own name (or ourselves, for a loop).
-	if a, ok := f.aliases[end]; ok {
+	if a, ok := f.aliases.get(end); ok {
 		var one [1]*slot
 		return f.flatten(ctx, w, r, zone, c.ttl, a.slots(qtypeIndex(q.Qtype), one[:0]))
 	}

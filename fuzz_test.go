@@ -437,7 +437,7 @@ func FuzzServeDNS(f *testing.F) {
 		if len(m.Question) != 1 || m.Question[0] != q {
 			t.Fatalf("reply question %v, want %v", m.Question, q)
 		}
-		if _, ok := fl.aliases[strings.ToLower(q.Name)]; !isAddressQuery(orig) || !ok {
+		if _, ok := fl.aliases.get(q.Name); !isAddressQuery(orig) || !ok {
 			return // the zone's answer, or one flattened from the zone's data
 		}
 		if m.Rcode != dns.RcodeSuccess && m.Rcode != dns.RcodeServerFailure {
@@ -518,7 +518,7 @@ func checkParsed(t *testing.T, fl *Flatten) {
 	if len(fl.Zones) == 0 {
 		t.Errorf("no zones")
 	}
-	if len(fl.aliases) == 0 && !fl.zoneAliasOn && fl.cnames.empty() {
+	if fl.aliases.len() == 0 && !fl.zoneAliasOn && fl.cnames.empty() {
 		t.Errorf("accepted with nothing to flatten: no alias, zone_alias or cname")
 	}
 	if c := fl.cnames; c != nil {
@@ -534,7 +534,7 @@ func checkParsed(t *testing.T, fl *Flatten) {
 			}
 		}
 	}
-	for k, a := range fl.aliases {
+	fl.aliases.each(func(k string, a alias) {
 		targets := a.targets()
 		if k != strings.ToLower(k) || len(targets) == 0 {
 			t.Errorf("alias %q: targets %q, want a lowercased name with a target", k, targets)
@@ -550,7 +550,8 @@ func checkParsed(t *testing.T, fl *Flatten) {
 		if z := plugin.Zones(fl.Zones).Matches(k); z == "" || fl.zoneOf(k) != z {
 			t.Errorf("alias %q: zone %q of %v, want %q", k, fl.zoneOf(k), fl.Zones, z)
 		}
-	}
+	})
+
 	if fl.maxDepth < 1 || fl.maxDepth > maxMaxDepth {
 		t.Errorf("max_depth %d", fl.maxDepth)
 	}

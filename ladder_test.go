@@ -84,7 +84,7 @@ func zoneBelow(fallback bool) test.HandlerFunc {
 func newLadderFlatten(up exchanger, clk *fakeClock, fallback bool) *Flatten {
 	f := New()
 	f.Zones = []string{"example.org."}
-	f.aliases["example.org."] = alias{more: &targetList{targets: []string{"client1.example.net."}}}
+	f.aliases.add("example.org.", []string{"client1.example.net."})
 	w := &walker{ex: up, maxDepth: defaultMaxDepth}
 	f.initCache(func(ctx context.Context, k cacheKey) (*chain, error) { return w.resolve(ctx, k.name, k.qtype) }, "")
 	f.cache.now = clk.now

@@ -116,11 +116,11 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 			}
 		}
 	}
-	if f.healthPort != 0 && len(f.aliases) == 0 {
+	if f.healthPort != 0 && f.aliases.len() == 0 {
 		return nil, fmt.Errorf("%s:%d - Error during parsing: health_check probes the addresses of 'alias' targets, and there is no alias",
 			c.File(), f.healthLine)
 	}
-	if len(f.aliases) == 0 && !f.zoneAliasOn && f.cnames.empty() {
+	if f.aliases.len() == 0 && !f.zoneAliasOn && f.cnames.empty() {
 		return nil, c.Errf("nothing to flatten: give at least one 'alias NAME TARGET', 'zone_alias' or 'cname NAMES...'")
 	}
 	return f, nil
@@ -146,7 +146,7 @@ func (f *Flatten) parseAlias(c *caddy.Controller) error {
 	if err != nil {
 		return err
 	}
-	if _, dup := f.aliases[name]; dup {
+	if _, dup := f.aliases.get(name); dup {
 		return c.Errf("alias '%s' is defined more than once", name)
 	}
 	var targets []string
@@ -167,7 +167,7 @@ func (f *Flatten) parseAlias(c *caddy.Controller) error {
 		targets = append(targets, target)
 	}
 	// Every alias keeps its targets in a list until initCache pins them.
-	f.aliases[name] = alias{more: &targetList{targets: targets}}
+	f.aliases.add(name, targets)
 	return nil
 }
 

@@ -124,9 +124,9 @@ func TestParseDefaults(t *testing.T) {
 	if want := []string{"example.org."}; !slices.Equal(f.Zones, want) {
 		t.Errorf("Test 0: expected zones %v, got %v", want, f.Zones)
 	}
-	a, ok := f.aliases["example.org."]
-	if len(f.aliases) != 1 || !ok {
-		t.Fatalf("Test 0: expected one alias at example.org., got %v", f.aliases)
+	a, ok := f.aliases.get("example.org.")
+	if f.aliases.len() != 1 || !ok {
+		t.Fatalf("Test 0: expected one alias at example.org., got %d aliases", f.aliases.len())
 	}
 	if !slices.Equal(a.targets(), []string{"target.example.net."}) || f.zoneOf("example.org.") != "example.org." {
 		t.Errorf("Test 0: expected alias example.org. -> target.example.net. in example.org., got -> %s in %s", a.targets(), f.zoneOf("example.org."))
@@ -393,11 +393,11 @@ func TestParseAlias(t *testing.T) {
 		if !slices.Equal(f.Zones, tc.expectedZones) {
 			t.Errorf("Test %d: expected zones %v, got %v", i, tc.expectedZones, f.Zones)
 		}
-		if len(f.aliases) != len(tc.expectedAliases) {
-			t.Errorf("Test %d: expected %d aliases, got %d: %v", i, len(tc.expectedAliases), len(f.aliases), f.aliases)
+		if f.aliases.len() != len(tc.expectedAliases) {
+			t.Errorf("Test %d: expected %d aliases, got %d", i, len(tc.expectedAliases), f.aliases.len())
 		}
 		for name, want := range tc.expectedAliases {
-			a, ok := f.aliases[name]
+			a, ok := f.aliases.get(name)
 			if !ok {
 				t.Errorf("Test %d: expected an alias at %s, got none", i, name)
 				continue
