@@ -117,7 +117,8 @@ func (t *aliasTable) add(name string, targets []string) bool {
 // len is the number of aliases.
 func (t *aliasTable) len() int { return len(t.short) + len(t.long) }
 
-// each calls fn for every alias, in no particular order, with its name (lowercased FQDN).
+// each calls fn for every alias, in no particular order, with its name (lowercased FQDN). A short
+// name is made into a string for each call: where the names are not needed, eachAlias.
 func (t *aliasTable) each(fn func(name string, a alias)) {
 	for k, ref := range t.short {
 		fn(string(k[1:1+k[0]]), t.alias(ref))
@@ -127,13 +128,25 @@ func (t *aliasTable) each(fn func(name string, a alias)) {
 	}
 }
 
+// eachAlias calls fn for every alias, in no particular order, without its name: pin at startup
+// and the health checker on every round walk all of them, and would otherwise allocate a string
+// per alias for nothing.
+func (t *aliasTable) eachAlias(fn func(a alias)) {
+	for _, ref := range t.short {
+		fn(t.alias(ref))
+	}
+	for _, ref := range t.long {
+		fn(t.alias(ref))
+	}
+}
+
 // pin makes c's pinned slots for every alias's targets (cache.pinTargets) and points each alias
 // at them: a single target by its index in c.pins, more than one by a list of their slots per
 // address type. Every target is pinned, so a failover finds the next target already resolved,
 // and a recovered primary is seen at its next refresh. Called once, by initCache.
 func (t *aliasTable) pin(c *cache) {
 	var targets []string
-	t.each(func(_ string, a alias) { targets = append(targets, a.targets()...) })
+	t.eachAlias(func(a alias) { targets = append(targets, a.targets()...) })
 	c.pinTargets(targets)
 
 	var lists []*targetList // only the aliases with more than one target keep a list

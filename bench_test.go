@@ -167,7 +167,7 @@ func manyAliases(tb testing.TB, n int) (*Flatten, uint64) {
 	})
 	w := &walker{ex: ex, maxDepth: defaultMaxDepth}
 	f.initCache(func(ctx context.Context, k cacheKey) (*chain, error) { return w.resolve(ctx, k.name, k.qtype) }, "")
-	f.aliases.each(func(_ string, a alias) {
+	f.aliases.eachAlias(func(a alias) {
 		for i := range 2 {
 			for _, s := range a.slots(i, nil) {
 				// As the refresher does: the slot's flight (run) stores the entry.

@@ -166,7 +166,7 @@ func (f *Flatten) prepare(server string) {
 func (f *Flatten) aliasAddrs() []netip.Addr {
 	var out []netip.Addr
 	var one [1]*slot // a single target's slot, without a slice allocated per alias and type
-	f.aliases.each(func(_ string, a alias) {
+	f.aliases.eachAlias(func(a alias) {
 		for i := range 2 {
 			for _, s := range a.slots(i, one[:0]) {
 				e := s.good.Load()
