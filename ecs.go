@@ -432,7 +432,7 @@ func (c *cache) getECS(ctx context.Context, shared *slot, sub netip.Prefix, nest
 	if e, holder := c.covering(k, now, false); e != nil && now.Before(e.expires()) {
 		// Refresh ahead through the slot that holds the entry, so that the clients of all the
 		// networks it serves start one refresh between them, made for this client's network.
-		if e.expires().Sub(now) < time.Duration(float64(e.lifetime())*c.prefetch) {
+		if c.nearExpiry(e, now) {
 			c.refreshAsync(withSubnet(ctx, sub), holder)
 		}
 		return e, srcFresh, nil
