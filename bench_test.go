@@ -115,7 +115,7 @@ func BenchmarkFlattenMiss(b *testing.B) {
 	q := benchQuery()
 	b.ReportAllocs()
 	for b.Loop() {
-		s.good.Store(nil)
+		f.cache.setGood(s, nil)
 		f.ServeDNS(ctx, w, q)
 	}
 }

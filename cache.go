@@ -216,6 +216,9 @@ type cache struct {
 	// warming 100,000 aliases at startup does not flood the resolver. Queries a client waits
 	// for are not paced: they are bounded by coalescing and by the cache's capacity.
 	limiter *rate.Limiter
+	// onPinned is told of every entry stored in a pinned slot (setGood), so that the table of
+	// aliases keeps its copy for the answer path (aliasTable.publish); nil until pin.
+	onPinned func(s *slot, e *entry)
 
 	mu sync.RWMutex
 	// slots holds the slots made on demand.
@@ -324,6 +327,7 @@ func (c *cache) initPinLocked(p *pinnedTarget, name string) {
 		s.init(k)
 		s.pinned = true
 		if old := c.slots[k]; old != nil {
+			// Not setGood: no cell copies the slot yet (aliasTable.pin copies what the slots hold).
 			s.good.Store(old.good.Load())
 			delete(c.slots, k)
 			c.demand--
@@ -342,9 +346,22 @@ func (c *cache) pinnedLocked(name string) *pinnedTarget {
 
 // pinIndex returns the index in c.pins of name's pinned slots, if pinTargets made them. c.pins
 // does not change after pinTargets, so no lock is needed.
-func (c *cache) pinIndex(name string) (int, bool) {
-	i := sort.Search(len(c.pins), func(i int) bool { return c.pins[i].slots[0].name >= name })
-	return i, i < len(c.pins) && c.pins[i].slots[0].name == name
+func (c *cache) pinIndex(name string) (int, bool) { return pinIndexIn(c.pins, name) }
+
+// pinIndexIn returns the index of name's pinned slots in pins, sorted by name.
+func pinIndexIn(pins []pinnedTarget, name string) (int, bool) {
+	i := sort.Search(len(pins), func(i int) bool { return pins[i].slots[0].name >= name })
+	return i, i < len(pins) && pins[i].slots[0].name == name
+}
+
+// setGood stores e as s's last successful resolution. Every store goes through here: the table
+// of aliases copies what a pinned slot holds (onPinned), and a copy left behind would go on
+// answering.
+func (c *cache) setGood(s *slot, e *entry) {
+	s.good.Store(e)
+	if s.pinned && c.onPinned != nil {
+		c.onPinned(s, e)
+	}
 }
 
 // lookupLocked returns the slot for k, pinned or on demand; c.mu is held.
@@ -676,9 +693,11 @@ func (c *cache) ttl(e *entry, src source, now time.Time) uint32 {
 	}
 	// Whole seconds elapsed, as CoreDNS's cache counts: a fresh answer has the full TTL.
 	elapsed := now.Sub(e.fetchedAt()) / time.Second
-	left := uint32(max(time.Duration(e.ttl)-elapsed, 0))
-	return min(max(left, c.ttlMin), c.ttlMax)
+	return c.clampTTL(uint32(max(time.Duration(e.ttl)-elapsed, 0)))
 }
+
+// clampTTL bounds the seconds left of a fresh answer by `ttl MIN MAX`.
+func (c *cache) clampTTL(left uint32) uint32 { return min(max(left, c.ttlMin), c.ttlMax) }
 
 // live holds the running caches by identity. A Corefile reload (the *reload* plugin) starts the
 // new instance before it shuts the old one down; the new cache takes the old one's entries, so an
@@ -709,7 +728,7 @@ func (c *cache) adopt() {
 	old.mu.RUnlock()
 	for k, e := range entries {
 		// This cache's own slot (pinned for its aliases), or one on demand within its capacity.
-		c.slotFor(k).good.Store(e)
+		c.setGood(c.slotFor(k), e)
 	}
 }
 

@@ -482,7 +482,7 @@ func (c *cache) ladderECS(shared *slot, k cacheKey, now time.Time, err *resolveE
 // most we are willing to cache (RFC 7871 7.3.1), and the entry then serves only that network.
 func (c *cache) store(ctx context.Context, s *slot, e *entry, ch *chain) {
 	if s.scope == nil {
-		s.good.Store(e)
+		c.setGood(s, e)
 		return
 	}
 	sent := subnetFrom(ctx) // subnetFor set it
@@ -493,10 +493,10 @@ func (c *cache) store(ctx context.Context, s *slot, e *entry, ch *chain) {
 	e.narrow = int(ch.scope) > sent.Bits()
 	p, _ := sent.Addr().Prefix(int(e.ecsScope))
 	if subnetOf(p) == *s.scope {
-		s.good.Store(e)
+		c.setGood(s, e)
 		return
 	}
-	c.slotFor(cacheKey{name: s.name, qtype: s.qtype(), scope: subnetOf(p)}).good.Store(e)
+	c.setGood(c.slotFor(cacheKey{name: s.name, qtype: s.qtype(), scope: subnetOf(p)}), e)
 	if *s.scope == subnetOf(sent) {
 		// The answer for this network now lives in a broader slot (or the upstream narrowed it);
 		// an older answer left here would shadow it. The slot only held the flight: drop it.
@@ -508,7 +508,7 @@ func (c *cache) store(ctx context.Context, s *slot, e *entry, ch *chain) {
 func (c *cache) drop(s *slot) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	s.good.Store(nil)
+	c.setGood(s, nil)
 	if k := s.key(); c.slots[k] == s && !s.pinned {
 		delete(c.slots, k)
 		c.demand--

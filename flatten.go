@@ -84,6 +84,7 @@ type Flatten struct {
 type alias struct {
 	one  *pinnedTarget // the single target's slots, once initCache has pinned them
 	more *targetList   // every target: with more than one, or until initCache pins the one
+	cell *aliasCell    // a short name's cell, with its copy of one's entries; nil for a long name
 }
 
 // targetList holds the targets of an alias that has more than one, in order of preference,
@@ -274,10 +275,19 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	qname, qtype := r.Question[0].Name, r.Question[0].Qtype
 
 	// A configured alias: answered from memory, without looking at the zone. The table takes the
-	// name in any case.
+	// name in any case. A fresh answer for a short name comes from its cell, one cache line
+	// (aliases.go); anything else goes through the slots and the failure ladder.
 	if a, ok := f.aliases.get(qname); ok {
+		qi := qtypeIndex(qtype)
+		if a.cell != nil && f.direct(ctx) {
+			if set, exp, ok := a.cell.fresh(qi); ok {
+				if now := f.cache.since(f.cache.now()); now < exp {
+					return f.answerFresh(ctx, w, r, set, exp, now)
+				}
+			}
+		}
 		var one [1]*slot
-		return f.flatten(ctx, w, r, f.zoneOf(qname), math.MaxUint32, a.slots(qtypeIndex(qtype), one[:0]))
+		return f.flatten(ctx, w, r, f.zoneOf(qname), math.MaxUint32, a.slots(qi, one[:0]))
 	}
 	// strings.ToLower does not allocate when the name is already lower case.
 	name := strings.ToLower(qname)
@@ -296,6 +306,37 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 		return f.flattenCNAME(ctx, w, r, zone)
 	}
 	return plugin.NextOrFailure(f.Name(), f.Next, ctx, w, r)
+}
+
+// direct reports whether a fresh answer for an alias with a single target may come from its cell
+// (aliasTable): when nothing but the entry decides the answer. Client networks (`ecs`) have
+// entries of their own, health checks drop addresses, *metadata* wants the chain, and a lookup
+// through this server checks the target against the path that led to it (pick).
+func (f *Flatten) direct(ctx context.Context) bool {
+	return f.ecs == nil && f.keepHealthy == nil && !f.metadataOn.Load() && pathFrom(ctx) == nil
+}
+
+// answerFresh answers from a cell's copy of a fresh entry, what flatten would have answered from
+// the entry itself: the same counters, and the TTL that cache.ttl gives. exp is when the entry
+// stops being fresh, now is before it, and whole seconds are counted as there: the seconds left,
+// rounded up, are the entry's TTL less the whole seconds since it was fetched.
+func (f *Flatten) answerFresh(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, set *addrSet, exp, now int64) (int, error) {
+	server := metrics.WithServer(ctx)
+	requests.WithLabelValues(server).Inc()
+	cacheHits.WithLabelValues(server).Inc()
+	left := uint32((exp - now + int64(time.Second) - 1) / int64(time.Second))
+	return writeAddrs(w, r, set.rrs, f.cache.clampTTL(left))
+}
+
+// writeAddrs writes an authoritative answer of addrs under the question name, exactly as the
+// client spelled it, with ttl.
+func writeAddrs(w dns.ResponseWriter, r *dns.Msg, addrs []dns.RR, ttl uint32) (int, error) {
+	m := new(dns.Msg)
+	m.SetReply(r)
+	m.Authoritative = true
+	m.Answer = renamed(addrs, r.Question[0].Name, ttl)
+	w.WriteMsg(m)
+	return dns.RcodeSuccess, nil
 }
 
 // isAddressQuery reports whether r is a query flatten may answer: opcode QUERY, class IN, one
