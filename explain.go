@@ -69,9 +69,7 @@ func (f *Flatten) explain(ctx context.Context, w dns.ResponseWriter, r *dns.Msg)
 		lines = append(lines, f.explainHealth(targets)...)
 	}
 
-	m := new(dns.Msg)
-	m.SetReply(r)
-	m.Authoritative = true
+	m := authoritative(r)
 	for _, l := range lines {
 		// TTL 0: an explanation is about this moment and must not be cached (RFC 1035 3.2.1).
 		m.Answer = append(m.Answer, &dns.TXT{

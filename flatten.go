@@ -331,12 +331,19 @@ func (f *Flatten) answerFresh(ctx context.Context, w dns.ResponseWriter, r *dns.
 // writeAddrs writes an authoritative answer of addrs under the question name, exactly as the
 // client spelled it, with ttl.
 func writeAddrs(w dns.ResponseWriter, r *dns.Msg, addrs []dns.RR, ttl uint32) (int, error) {
-	m := new(dns.Msg)
-	m.SetReply(r)
-	m.Authoritative = true
+	m := authoritative(r)
 	m.Answer = renamed(addrs, r.Question[0].Name, ttl)
 	w.WriteMsg(m)
 	return dns.RcodeSuccess, nil
+}
+
+// authoritative returns an empty reply to r with the AA bit set: flatten answers for the zones
+// it serves as their authority, its flattened addresses as the apex's own (RFC 1035 4.1.1).
+func authoritative(r *dns.Msg) *dns.Msg {
+	m := new(dns.Msg)
+	m.SetReply(r)
+	m.Authoritative = true
+	return m
 }
 
 // isAddressQuery reports whether r is a query flatten may answer: opcode QUERY, class IN, one
@@ -387,9 +394,7 @@ func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg,
 	if rrs := f.zoneAddrs(ctx, w, r); len(rrs) > 0 {
 		fallbackAnswers.WithLabelValues(server).Inc()
 		f.noteAnswer(ctx, "", "fallback", nil)
-		m := new(dns.Msg)
-		m.SetReply(r)
-		m.Authoritative = true
+		m := authoritative(r)
 		m.Answer = rrs
 		w.WriteMsg(m)
 		return dns.RcodeSuccess, nil
@@ -459,13 +464,7 @@ func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns
 	}
 	if len(c.addrs) > 0 {
 		// The plugins below followed the whole chain inside the zone.
-		ttl := min(max(c.ttl, f.ttlMin), f.ttlMax)
-		reply := new(dns.Msg)
-		reply.SetReply(r)
-		reply.Authoritative = true
-		reply.Answer = renamed(c.addrs, q.Name, ttl)
-		w.WriteMsg(reply)
-		return dns.RcodeSuccess, nil
+		return writeAddrs(w, r, c.addrs, min(max(c.ttl, f.ttlMin), f.ttlMax))
 	}
 	// The chain ends at a name flattened here: answer with what that name answers with. Asking
 	// upstream would ask the world for our own name (or ourselves, for a loop).
@@ -482,9 +481,7 @@ func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns
 	if inZone || hasNegativeSOA(m, end) {
 		// The chain ends inside the zone, or the zone proved its end has no address of the type:
 		// the plugins below already answered it, and it is nobody else's business. NODATA.
-		reply := new(dns.Msg)
-		reply.SetReply(r)
-		reply.Authoritative = true
+		reply := authoritative(r)
 		if soa := f.zoneSOA(ctx, w, r, zone); soa != nil {
 			soa.Hdr.Ttl = min(soa.Hdr.Ttl, soa.Minttl, max(c.ttl, f.ttlMin))
 			reply.Ns = []dns.RR{soa}
@@ -528,9 +525,7 @@ func (f *Flatten) answer(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, 
 	if src != srcStale {
 		ttl = min(ttl, max(ttlCap, f.ttlMin))
 	}
-	m := new(dns.Msg)
-	m.SetReply(r)
-	m.Authoritative = true
+	m := authoritative(r)
 	if e.negative() {
 		if soa := f.zoneSOA(ctx, w, r, zone); soa != nil {
 			// The SOA's TTL is how long resolvers cache the NODATA (RFC 2308 5): no longer than
