@@ -160,7 +160,8 @@ const minCells = 32 << 10 / int(unsafe.Sizeof(aliasCell{}))
 // fail only when two names have the same 64-bit hash, which no displacement separates; the
 // table then takes another seed. Called by pin, once every alias is added.
 func (t *aliasTable) freeze() {
-	if t.adding == nil {
+	if len(t.adding) == 0 {
+		t.adding = nil // no short names: no cells (a lookup finds none)
 		return
 	}
 	keys := make([]shortName, 0, len(t.adding))

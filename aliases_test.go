@@ -112,14 +112,14 @@ func isName(names []string, name string) bool {
 	return false
 }
 
-// TestAliasTableLaysOutEverySize: at every size, from one name to past the smallest table, a table
+// TestAliasTableLaysOutEverySize: at every size, from no name to past the smallest table, a table
 // finds every name it holds, in any case, before its layout and after, and no name it does not
 // hold; once laid out it has one cell per name, and every cell starts a cache line.
 func TestAliasTableLaysOutEverySize(t *testing.T) {
 	if size := unsafe.Sizeof(aliasCell{}); size != 64 {
 		t.Errorf("aliasCell is %d bytes, want 64", size)
 	}
-	for _, n := range []int{1, 2, 3, minCells - 1, minCells, minCells + 1, 5000} {
+	for _, n := range []int{0, 1, 2, 3, minCells - 1, minCells, minCells + 1, 5000} {
 		tab := newAliasTable()
 		for i := range n {
 			if !tab.add(fmt.Sprintf("a%d.example.org.", i), []string{fmt.Sprintf("t%d.agency.test.", i)}) {
@@ -147,10 +147,14 @@ func TestAliasTableLaysOutEverySize(t *testing.T) {
 		check(false)
 		tab.freeze()
 		check(true)
-		if want := max(n, minCells); len(tab.cells) != want {
+		want := max(n, minCells)
+		if n == 0 {
+			want = 0 // a table without short names allocates no cells
+		}
+		if len(tab.cells) != want {
 			t.Errorf("%d names in %d cells, want %d", n, len(tab.cells), want)
 		}
-		if p := uintptr(unsafe.Pointer(&tab.cells[0])); p%64 != 0 {
+		if p := uintptr(unsafe.Pointer(unsafe.SliceData(tab.cells))); n > 0 && p%64 != 0 {
 			t.Errorf("%d cells start at %#x, not on a 64-byte line", len(tab.cells), p)
 		}
 	}
