@@ -27,8 +27,9 @@ import (
 // The cells are laid out by a perfect hash of the short names (freeze): a name has exactly one
 // cell it can be in, so a lookup loads one cell, holding the name or not, and the table has no
 // empty cells to skip over. An open-addressing table kept at most half full, probed linearly,
-// took 1.3 to 1.5 loads on average for a name it holds and 1.8 to 2.5 for one it does not (Knuth's
-// estimates for a fill of 0.38 to 0.5), and 168 bytes per alias at 100,000 instead of 64. The names are known before the first query (add, then pin), so the table is built once.
+// took 1.3 to 1.5 loads on average for a name it holds and 1.8 to 2.5 for one it does not
+// (Knuth's estimates for a fill of 0.38 to 0.5), and 168 bytes per alias at 100,000 instead of
+// 64. The names are known before the first query (add, then pin), so the table is built once.
 // Longer names are kept by string in a map and answered through their pinned slots, as is an
 // alias with more than one target: it refers to a targetList.
 type aliasTable struct {
@@ -168,10 +169,11 @@ func (t *aliasTable) freeze() {
 	for k := range t.adding {
 		keys = append(keys, k)
 	}
+	m := max(len(keys), minCells)
 	for {
-		at, disp, ok := layOut(keys, t.seed, max(len(keys), minCells))
+		at, disp, ok := layOut(keys, t.seed, m)
 		if ok {
-			t.cells, t.disp, t.used = make([]aliasCell, max(len(keys), minCells)), disp, len(keys)
+			t.cells, t.disp, t.used = make([]aliasCell, m), disp, len(keys)
 			for i, k := range keys {
 				t.cells[at[i]].key, t.cells[at[i]].ref = k, t.adding[k]
 			}
@@ -394,26 +396,31 @@ func (t *aliasTable) pin(c *cache) {
 	c.onPinned = t.publish
 	for i := range t.pins {
 		for qi := range t.pins[i].slots {
-			s := &t.pins[i].slots[qi]
-			t.publish(s, s.good.Load())
+			t.copyEntry(i, uint8(qi), t.pins[i].slots[qi].good.Load())
 		}
 	}
 }
 
 // publish copies e, just stored in the pinned slot s, to the cells of the aliases that answer
-// from s. The cache calls it for every entry it stores in a pinned slot (cache.store).
+// from s. The cache calls it for every entry it stores in a pinned slot (cache.setGood).
 func (t *aliasTable) publish(s *slot, e *entry) {
 	i, ok := pinIndexIn(t.pins, s.name)
 	if !ok || &t.pins[i].slots[s.qi] != s {
 		return // a target pinned after pin (pinTarget), which only lists of targets use
 	}
+	t.copyEntry(i, s.qi, e)
+}
+
+// copyEntry copies e, the entry of type qi of the pinned target pins[i], to the cells of the
+// aliases that answer from it.
+func (t *aliasTable) copyEntry(i int, qi uint8, e *entry) {
 	var exp int64
 	var set *addrSet // nil for no entry or a negative one: the answer path then asks the slot
 	if e != nil {
 		exp, set = e.fetched+int64(e.lifetime()), e.set
 	}
 	for ci := t.firstCell[i]; ci >= 0; ci = t.nextCell[ci] {
-		t.cells[ci].store(s.qi, exp, set)
+		t.cells[ci].store(qi, exp, set)
 	}
 }
 

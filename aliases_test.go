@@ -173,6 +173,24 @@ func TestLayOutReportsInseparableNames(t *testing.T) {
 	}
 }
 
+// TestAliasCellCopiesWhatPinTakesOver: an entry a target's slot already held when pin made it
+// the pinned slot (cache.initPinLocked takes over a slot made on demand) is in the cells of the
+// aliases to that target from the start, not only after the next refresh.
+func TestAliasCellCopiesWhatPinTakesOver(t *testing.T) {
+	c := newCache(func(context.Context, cacheKey) (*chain, error) { return nil, errors.New("not asked") })
+	k := cacheKey{name: "target.example.net.", qtype: dns.TypeA}
+	e := &entry{set: &addrSet{}, fetched: int64(time.Since(clockBase)), ttl: 300}
+	c.setGood(c.slotFor(k), e)
+
+	tab := newAliasTable()
+	tab.add("example.org.", []string{k.name})
+	tab.pin(c)
+	a, _ := tab.get("example.org.")
+	if set, exp, ok := a.cell.fresh(qtypeIndex(dns.TypeA)); !ok || set != e.set || exp != e.fetched+int64(e.lifetime()) {
+		t.Fatalf("the cell holds %v until %d (%v), want the taken-over entry's addresses", set, exp, ok)
+	}
+}
+
 // TestAliasCellReadsOneEntry: readers of a cell that writers keep changing see the expiry and
 // the addresses of one entry, never the expiry of one and the addresses of another. Two
 // writers, one per address type, share the cell as refreshes of A and AAAA do.

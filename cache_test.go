@@ -560,7 +560,7 @@ func TestMemoryPerAlias(t *testing.T) {
 
 // TestAnswerPathSizes: what a warm answer loads for a configured alias stays small. The entry is
 // half a cache line, holding its shared address RRset and hops by pointer. (The table of aliases
-// has its own test: TestAliasCellIsOneCacheLine.)
+// has its own test: TestAliasTableLaysOutEverySize.)
 func TestAnswerPathSizes(t *testing.T) {
 	if n := unsafe.Sizeof(entry{}); n > 32 {
 		t.Errorf("entry is %d bytes, want at most 32", n)
