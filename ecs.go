@@ -513,7 +513,7 @@ func (c *cache) drop(s *slot) {
 		delete(c.slots, k)
 		c.demand--
 		c.countScoped(k, -1)
-		cacheEntries.WithLabelValues(c.server).Set(float64(len(c.slots)))
+		cacheEntries.WithLabelValues(c.server).Set(float64(c.countLocked()))
 	}
 }
 

@@ -463,6 +463,10 @@ func TestECSScopes(t *testing.T) {
 	if n := testutil.ToFloat64(ecsEntries.WithLabelValues(coreServerLabel)); n != 2 {
 		t.Errorf("coredns_flatten_ecs_entries %v, want 2", n)
 	}
+	// Every entry counts in cache_entries: the alias's two pinned ones and the two /20s.
+	if n := testutil.ToFloat64(cacheEntries.WithLabelValues(coreServerLabel)); n != 4 {
+		t.Errorf("coredns_flatten_cache_entries %v, want 4 (2 pinned, 2 for client networks)", n)
+	}
 
 	// Scope 28 for a /24 question: cached for the /24 (the most we send and keep), echoed as 24.
 	m = ecsQuery(t, addr, "example.org.", dns.TypeA, "198.51.100.7/32")

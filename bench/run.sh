@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of flatten against what users would run instead. One command:
 #
-#   bench/run.sh                 # the full run (about 13 minutes on 2 cores); writes bench/RESULTS.md
+#   bench/run.sh                 # the full run (about 14 minutes on 2 cores); writes bench/RESULTS.md
 #   QUICK=1 bench/run.sh         # about 3 minutes: checks the script, numbers not worth quoting
 #
 # It installs dnsperf, pdns-server, pdns-backend-bind and pdns-recursor from Debian if they are
@@ -12,8 +12,10 @@
 # process it started by PID (also on Ctrl-C), prints the results and writes bench/RESULTS.md.
 # Raw output goes to bench/out (not in git).
 #
-# Rows (all answer example.test A/AAAA with the addresses at the end of
+# Rows (all answer example.test A/AAAA; all but row 0 with the addresses at the end of
 # client1.agency.test CNAME server1.agency.test, which a CoreDNS *file* instance serves):
+#   0  erratic { drop 0 }: the limit, CoreDNS answering with a record it synthesizes (A
+#      192.0.2.53, AAAA 2001:db8::53) without any lookup; "vs 0" is a row's share of it
 #   1  flatten (+ file), cache warm        3  file, static apex A/AAAA
 #   2  cache + flatten (+ file)            3b cache + file, static apex A/AAAA
 #   4  PowerDNS ALIAS, default caches      5  PowerDNS ALIAS, packet and query caches off

@@ -183,3 +183,41 @@ func TestMarshalResultsNonFinite(t *testing.T) {
 		t.Errorf("nil pointer with omitempty written:\n%s", s)
 	}
 }
+
+// The limit row (0, erratic) has its column, its ratio in the per-round line and its target; the
+// 3b target is > 1.1.
+func TestRenderLimitRow(t *testing.T) {
+	rr := func(id string, qps, size float64) rowResult {
+		return rowResult{ID: id, Label: "row " + id, QPS: qps, RespSize: size, Runs: []rowRun{{Max: perf{QPS: qps}}, {Max: perf{QPS: qps}}, {Max: perf{QPS: qps}}}}
+	}
+	r := results{Config: config{Rounds: 3}, Rows: &rowsResult{
+		FixedQPS: 1000,
+		Rows:     []rowResult{rr("0", 100000, 46), rr("1", 96000, 106), rr("3b", 80000, 106)},
+		FlatVs0:  []float64{0.95, 0.96, 0.97}, FlatVs3b: []float64{1.1, 1.2, 1.3}, FlatVs3: []float64{1.3, 1.3, 1.3}, FlatVsPDNS: []float64{2, 2, 2},
+	}}
+	md := render(&r)
+	for _, want := range []string{
+		"| row | server | max QPS | vs 0 | vs 3 |",
+		"| 0 | row 0 | 100000 |",
+		"its responses average 46 bytes, row 1's 106",
+		"max QPS over row 0 (the limit) / row 3b / row 3 / the better PowerDNS row: 0.95 0.96 0.97 / 1.10 1.20 1.30 / ",
+		"medians 0.960 / 1.200 / 1.300 / 2.000.",
+		"| flatten warm max QPS / erratic (the limit row) | >= 0.95 | 0.960 | yes |",
+		"| flatten warm max QPS / cache + file static (3b) | > 1.1 | 1.200 | yes |",
+		"(0 1 2 3 3b 4 5, 0 1 2 3 3b 4 5, ...)",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("missing %q in\n%s", want, md)
+		}
+	}
+	r.Rows.FlatVs0, r.Rows.FlatVs3b = []float64{0.9, 0.94, 0.99}, []float64{1.1, 1.1, 1.2}
+	md = render(&r)
+	for _, want := range []string{
+		"| flatten warm max QPS / erratic (the limit row) | >= 0.95 | 0.940 | **no** |",
+		"| flatten warm max QPS / cache + file static (3b) | > 1.1 | 1.100 | **no** |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("missing %q in\n%s", want, md)
+		}
+	}
+}

@@ -1,6 +1,6 @@
 // Command harness runs the side-by-side benchmark of bench/run.sh (which builds it, installs
-// what it needs and explains the settings): flatten against CoreDNS's file and cache plugins and
-// PowerDNS ALIAS, plus the cold path, a thundering herd and 100,000 configured aliases. Every
+// what it needs and explains the settings): flatten against CoreDNS's file and cache plugins,
+// PowerDNS ALIAS and the limit of CoreDNS (its erratic plugin), plus the cold path, a thundering herd and 100,000 configured aliases. Every
 // server listens on 127.0.0.1 only, pinned to one core; the load generators run on the other.
 // It writes the results to RESULTS (markdown) and OUT/results.json, and raw output under OUT.
 package main

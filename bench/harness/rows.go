@@ -19,6 +19,8 @@ type row struct {
 	support   []*proc
 	// flattening CoreDNS rows: the target listener whose queries are this row's upstream queries
 	targetLabel string
+	// the answers the row must give before the load starts; nil: wantA and wantAAAA
+	wantA, wantAAAA []string
 }
 
 // rowRun is one round's measurements of a row.
@@ -49,7 +51,8 @@ type rowResult struct {
 	Retries  int      `json:"retries"`
 	LoadBusy float64  `json:"dnsperf_cpu"`
 	RespSize float64  `json:"response_size"`
-	// Median of per-round ratios of this row's max QPS to rows 3, 3b and 4.
+	// Median of per-round ratios of this row's max QPS to rows 0 (the limit), 3, 3b and 4.
+	Vs0     float64  `json:"vs_0"`
 	Vs3     float64  `json:"vs_3"`
 	Vs3b    float64  `json:"vs_3b"`
 	Vs4     float64  `json:"vs_4"`
@@ -74,7 +77,9 @@ type rowsResult struct {
 	FixedQPS    int                `json:"fixed_qps"`
 	Calibration map[string]float64 `json:"calibration_qps"`
 	Rows        []rowResult        `json:"rows"`
-	// Per round: row 1's max QPS over 3b, over 3, and over the better PowerDNS row.
+	// Per round: row 1's max QPS over 0 (the limit), over 3b, over 3, and over the better
+	// PowerDNS row.
+	FlatVs0    []float64  `json:"flatten_vs_0"`
 	FlatVs3b   []float64  `json:"flatten_vs_3b"`
 	FlatVs3    []float64  `json:"flatten_vs_3"`
 	FlatVsPDNS []float64  `json:"flatten_vs_best_pdns"`
@@ -84,6 +89,10 @@ type rowsResult struct {
 var (
 	wantA    = []string{"example.test. A 192.0.2.10", "example.test. A 192.0.2.11"}
 	wantAAAA = []string{"example.test. AAAA 2001:db8::10"}
+	// What the erratic plugin synthesizes (plugin/erratic: rrA and rrAAAA, TTL 0) for any name
+	// of its server block's zone.
+	erraticA    = []string{"example.test. A 192.0.2.53"}
+	erraticAAAA = []string{"example.test. AAAA 2001:db8::53"}
 )
 
 func (h *harness) rows() (*rowsResult, error) {
@@ -140,31 +149,42 @@ func (h *harness) rows() (*rowsResult, error) {
 	}
 
 	var rows []*row
-	coredns := func(id, label string, lines ...string) error {
+	coredns := func(id, label string, lines ...string) (*row, error) {
 		port := np()
 		conf, _ := write(dir, "Corefile.row"+id, corefileBlock("example.test", port, lines...))
 		p, err := h.procs.start("row"+id, cfg.ServerCPU, coreEnv, cfg.CoreDNS, "-conf", conf)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		rows = append(rows, &row{id: id, label: label, port: port, server: p})
-		return nil
+		r := &row{id: id, label: label, port: port, server: p}
+		rows = append(rows, r)
+		return r, nil
 	}
 	flattenBlock := func(tport int) []string {
 		return []string{"flatten {", "    alias @ client1.agency.test.", fmt.Sprintf("    upstream 127.0.0.1:%d", tport), "}"}
 	}
-	if err := coredns("1", "flatten, cache warm (flatten + file)", append(flattenBlock(tF1), "file "+flatZone)...); err != nil {
+	// Row 0, the limit: erratic answers every A and AAAA query of its zone with one record it
+	// synthesizes, without looking anything up (drop 0: it drops none; its default drops every
+	// second query).
+	r0, err := coredns("0", "erratic, synthesized A/AAAA (the limit)", "erratic {", "    drop 0", "}")
+	if err != nil {
 		return nil, err
 	}
-	rows[0].support, rows[0].targetLabel = []*proc{target}, label(tF1)
-	if err := coredns("2", "cache + flatten + file", append(append([]string{"cache"}, flattenBlock(tF2)...), "file "+flatZone)...); err != nil {
+	r0.wantA, r0.wantAAAA = erraticA, erraticAAAA
+	r1, err := coredns("1", "flatten, cache warm (flatten + file)", append(flattenBlock(tF1), "file "+flatZone)...)
+	if err != nil {
 		return nil, err
 	}
-	rows[1].support, rows[1].targetLabel = []*proc{target}, label(tF2)
-	if err := coredns("3", "file, static A/AAAA", "file "+staticZone); err != nil {
+	r1.support, r1.targetLabel = []*proc{target}, label(tF1)
+	r2, err := coredns("2", "cache + flatten + file", append(append([]string{"cache"}, flattenBlock(tF2)...), "file "+flatZone)...)
+	if err != nil {
 		return nil, err
 	}
-	if err := coredns("3b", "cache + file, static A/AAAA", "cache", "file "+staticZone); err != nil {
+	r2.support, r2.targetLabel = []*proc{target}, label(tF2)
+	if _, err := coredns("3", "file, static A/AAAA", "file "+staticZone); err != nil {
+		return nil, err
+	}
+	if _, err := coredns("3b", "cache + file, static A/AAAA", "cache", "file "+staticZone); err != nil {
 		return nil, err
 	}
 	for _, p := range []struct {
@@ -191,11 +211,15 @@ func (h *harness) rows() (*rowsResult, error) {
 	res := &rowsResult{Calibration: map[string]float64{}}
 	answers := map[string][]string{}
 	for _, r := range rows {
-		a, err := h.waitAnswer(r.port, "example.test.", dns.TypeA, wantA, 30*time.Second)
+		wa, waaaa := wantA, wantAAAA
+		if r.wantA != nil {
+			wa, waaaa = r.wantA, r.wantAAAA
+		}
+		a, err := h.waitAnswer(r.port, "example.test.", dns.TypeA, wa, 30*time.Second)
 		if err != nil {
 			return nil, fmt.Errorf("row %s (log %s): %w", r.id, r.server.log, err)
 		}
-		aaaa, err := h.waitAnswer(r.port, "example.test.", dns.TypeAAAA, wantAAAA, 30*time.Second)
+		aaaa, err := h.waitAnswer(r.port, "example.test.", dns.TypeAAAA, waaaa, 30*time.Second)
 		if err != nil {
 			return nil, fmt.Errorf("row %s (log %s): %w", r.id, r.server.log, err)
 		}
@@ -288,7 +312,7 @@ func (h *harness) rows() (*rowsResult, error) {
 	for _, r := range rows {
 		rs := runs[r.id]
 		out := rowResult{ID: r.id, Label: r.label, Runs: rs, Answers: answers[r.id]}
-		var q, p50, p99, p999, cpu, foreign, load, v3, v3b, v4 []float64
+		var q, p50, p99, p999, cpu, foreign, load, v0, v3, v3b, v4 []float64
 		for i, x := range rs {
 			q = append(q, x.Max.QPS)
 			p50 = append(p50, x.Fixed.P50Ms)
@@ -301,17 +325,19 @@ func (h *harness) rows() (*rowsResult, error) {
 			out.Lost += x.Max.Lost
 			out.FixLost += x.Fixed.Lost
 			out.RespSize = x.Max.RespSize
+			v0 = append(v0, x.Max.QPS/qps("0", i))
 			v3 = append(v3, x.Max.QPS/qps("3", i))
 			v3b = append(v3b, x.Max.QPS/qps("3b", i))
 			v4 = append(v4, x.Max.QPS/qps("4", i))
 		}
 		out.QPS, out.P50, out.P99, out.P999 = median(q), median(p50), median(p99), median(p999)
 		out.CPUus, out.Foreign, out.LoadBusy = median(cpu), median(foreign), median(load)
-		out.Vs3, out.Vs3b, out.Vs4 = median(v3), median(v3b), median(v4)
+		out.Vs0, out.Vs3, out.Vs3b, out.Vs4 = median(v0), median(v3), median(v3b), median(v4)
 		res.Rows = append(res.Rows, out)
 	}
 	for i := range cfg.Rounds {
 		f := qps("1", i)
+		res.FlatVs0 = append(res.FlatVs0, f/qps("0", i))
 		res.FlatVs3b = append(res.FlatVs3b, f/qps("3b", i))
 		res.FlatVs3 = append(res.FlatVs3, f/qps("3", i))
 		res.FlatVsPDNS = append(res.FlatVsPDNS, f/max(qps("4", i), qps("5", i)))

@@ -8,9 +8,9 @@ import (
 	"strings"
 )
 
-// Zone data shared by every row. The apex of example.test answers A 192.0.2.10, A 192.0.2.11 and
-// AAAA 2001:db8::10: flattened from client1.agency.test -> server1.agency.test (rows 1, 2, 4, 5)
-// or as static records (rows 3, 3b). Every TTL on the chain and of the static records is the same
+// Zone data shared by every row but 0 (erratic, which has none). The apex of example.test answers
+// A 192.0.2.10, A 192.0.2.11 and AAAA 2001:db8::10: flattened from client1.agency.test ->
+// server1.agency.test (rows 1, 2, 4, 5) or as static records (rows 3, 3b). Every TTL on the chain and of the static records is the same
 // (cfg.TTL), so that every row's answer may be cached for as long.
 
 const soaNS = `@ 3600 IN SOA ns1.%[1]s hostmaster.%[1]s 1 7200 3600 1209600 300
