@@ -321,7 +321,7 @@ func TestFloodDuringOutage(t *testing.T) {
 	if s := flood(); s != 2000 {
 		t.Errorf("second flood: %d of 2000 answered stale with EDE 3", s)
 	}
-	rig.f.cache.wg.Wait() // the background retry
+	rig.f.cache.bg.wg.Wait() // the background retry
 	if n := u.count(faultTarget, dns.TypeA); n != 3 {
 		t.Errorf("after the second flood: %d questions in all, want 3", n)
 	}
@@ -410,15 +410,19 @@ func TestCacheHammer(t *testing.T) {
 	before := refresherGoroutines()
 	clk := newFakeClock()
 	r := newFakeResolver(1)
-	c := newCache(r.resolve)
-	c.now = clk.now
-	c.timeout = 200 * time.Millisecond
-	c.capacity = 50
-	c.prefetch = 0.5
-	c.stale = 3 * time.Second
-	c.ttlMin, c.ttlMax = 1, 2
-
 	const pinned = 4
+	var names []string
+	for i := range pinned {
+		names = append(names, fmt.Sprintf("pinned%d.example.net.", i))
+	}
+	c := newCache(newConfig(), r.resolve, pinnedTargets(names...), newBackground())
+	c.now = clk.now
+	c.cfg.timeout = 200 * time.Millisecond
+	c.cfg.capacity = 50
+	c.cfg.prefetch = 0.5
+	c.cfg.serveStale = 3 * time.Second
+	c.cfg.ttlMin, c.cfg.ttlMax = 1, 2
+
 	var pins []*slot
 	for i := range pinned {
 		pins = append(pins, c.pin(cacheKey{name: fmt.Sprintf("pinned%d.example.net.", i), qtype: dns.TypeA}))
@@ -471,8 +475,8 @@ func TestCacheHammer(t *testing.T) {
 			default:
 			}
 			// A pinned target has an A and an AAAA slot.
-			if n := c.len(); n > c.capacity+2*pinned {
-				t.Errorf("%d slots, capacity %d + %d pinned", n, c.capacity, 2*pinned)
+			if n := c.len(); n > c.cfg.capacity+2*pinned {
+				t.Errorf("%d slots, capacity %d + %d pinned", n, c.cfg.capacity, 2*pinned)
 			}
 			c.ready()
 			c.wake()
@@ -495,7 +499,11 @@ func TestCacheHammer(t *testing.T) {
 					s = c.slotFor(keys[rng.IntN(len(keys))])
 				}
 				at := clk.now()
-				e, src, err := c.get(context.Background(), s, rng.IntN(16) == 0)
+				q := question{key: s.key()}
+				if rng.IntN(16) == 0 {
+					q.path = &resolvePath{target: "nested.example.net."} // a nested lookup
+				}
+				e, src, err := c.get(context.Background(), s, q)
 				switch src {
 				case srcFresh, srcResolved, srcStale:
 					answered.Add(1)
@@ -506,11 +514,11 @@ func TestCacheHammer(t *testing.T) {
 					if src == srcFresh && !e.expires().After(at) {
 						t.Errorf("fresh answer that expired at %v, asked at %v", e.expires(), at)
 					}
-					if src == srcStale && !e.expires().Add(c.stale).After(at) {
+					if src == srcStale && !e.expires().Add(c.cfg.serveStale).After(at) {
 						t.Errorf("stale answer past the stale window: expired %v, asked at %v", e.expires(), at)
 					}
 					ttl := c.ttl(e, src, clk.now())
-					if src == srcStale && ttl != staleTTL || src != srcStale && (ttl < c.ttlMin || ttl > c.ttlMax) {
+					if src == srcStale && ttl != staleTTL || src != srcStale && (ttl < c.cfg.ttlMin || ttl > c.cfg.ttlMax) {
 						t.Errorf("src %d: TTL %d", src, ttl)
 					}
 				case srcNone:
@@ -535,8 +543,8 @@ func TestCacheHammer(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("cache.stop hangs")
 	}
-	if n := c.len(); n > c.capacity+2*pinned {
-		t.Errorf("%d slots at the end, capacity %d + %d pinned", n, c.capacity, 2*pinned)
+	if n := c.len(); n > c.cfg.capacity+2*pinned {
+		t.Errorf("%d slots at the end, capacity %d + %d pinned", n, c.cfg.capacity, 2*pinned)
 	}
 	if n := refresherGoroutines(); n != before {
 		t.Errorf("%d refreshers after stop, want %d", n, before)
@@ -585,10 +593,10 @@ func TestCNAMEBelowDNAMENotOpenResolver(t *testing.T) {
 func TestStartupRoundSkipsFreshEntry(t *testing.T) {
 	clk := newFakeClock()
 	r := newFakeResolver(100)
-	c := newTestCache(r, clk)
+	c := newTestCache(r, clk, keyA.name)
 	s := c.pin(keyA)
 	// The first query comes before the refresher has run.
-	if _, src, _ := c.get(context.Background(), s, false); src != srcResolved {
+	if _, src, _ := c.get(context.Background(), s, question{key: s.key()}); src != srcResolved {
 		t.Fatalf("first query: src %d", src)
 	}
 	c.start()

@@ -4,13 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"net/netip"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/coredns/coredns/plugin/pkg/dnstest"
 	"github.com/coredns/coredns/plugin/test"
@@ -18,11 +16,12 @@ import (
 	"github.com/miekg/dns"
 )
 
-// TestAliasTableFindsEveryName: names of every length, on both sides of the short keys' bound,
-// are found in any case and only as themselves; after pin, a single target answers from its
-// pinned slots and several targets from their slots in order.
+// TestAliasTableFindsEveryName: names of every length are found in any case and only as
+// themselves; each alias answers from its targets' pinned slots in order, the very slots the
+// cache resolves and finds by name, shared by the aliases that name the same target.
 func TestAliasTableFindsEveryName(t *testing.T) {
-	tab := newAliasTable()
+	f := newTestFlatten()
+	tab := f.aliases
 	var names []string
 	for n := 2; n <= 40; n++ {
 		// "a.", "ab.", ... up to 40 bytes: lengths around maxShortName (23) included.
@@ -32,12 +31,10 @@ func TestAliasTableFindsEveryName(t *testing.T) {
 		if n%5 == 0 {
 			targets = append(targets, "u"+name+"agency.test.", "v"+name+"agency.test.")
 		}
-		if !tab.add(name, targets) {
-			t.Fatalf("add %q: reported a duplicate", name)
+		if n%7 == 0 && n%5 != 0 {
+			targets = append(targets, "tb.agency.test.") // the target of "b." too
 		}
-	}
-	if tab.add(names[3], []string{"x.agency.test."}) {
-		t.Errorf("add %q twice: not reported", names[3])
+		f.addAlias(name, targets...)
 	}
 	if tab.len() != len(names) {
 		t.Fatalf("len %d, want %d", tab.len(), len(names))
@@ -64,30 +61,22 @@ func TestAliasTableFindsEveryName(t *testing.T) {
 				}
 			}
 		}
-		n := 0
-		tab.each(func(name string, a alias) {
-			n++
-			if !isName(names, name) {
-				t.Errorf("%s: each gives %q, not a configured name", stage, name)
-			}
-		})
-		if n != len(names) {
-			t.Errorf("%s: each gives %d aliases, want %d", stage, n, len(names))
-		}
 	}
-	check("before pin")
+	check("before the cache is built")
 
-	c := newCache(func(context.Context, cacheKey) (*chain, error) { return nil, errors.New("not asked") })
-	tab.pin(c)
-	check("after pin")
+	f.build(func(context.Context, question) (*chain, error) { return nil, errors.New("not asked") })
+	c := f.cache
+	check("after")
 	for i, name := range names {
 		a, _ := tab.get(name)
 		want := 1
-		if (i+2)%5 == 0 {
+		if n := i + 2; n%5 == 0 {
 			want = 3
+		} else if n%7 == 0 {
+			want = 2
 		}
 		if got := len(a.targets()); got != want {
-			t.Errorf("%q: %d targets after pin, want %d", name, got, want)
+			t.Errorf("%q: %d targets, want %d", name, got, want)
 		}
 		for qi, qtype := range qtypes {
 			slots := a.slots(qi, nil)
@@ -97,9 +86,16 @@ func TestAliasTableFindsEveryName(t *testing.T) {
 				}
 			}
 		}
-		if want == 1 && a.one == nil {
-			t.Errorf("%q: a single target is not answered from its pinned pair", name)
+	}
+	// tb.agency.test. is the target of "b." and of every seventh name: pinned once, shared.
+	one, _ := tab.get("b.")
+	for _, name := range names {
+		if a, _ := tab.get(name); len(a) > 1 && a[len(a)-1].name() == "tb.agency.test." && a[len(a)-1] != one[0] {
+			t.Errorf("%q: its target tb.agency.test. is not the slots of b.'s", name)
 		}
+	}
+	if n, want := len(c.pins), len(names)+2*8; n != want {
+		t.Errorf("%d pinned targets, want %d (each once)", n, want)
 	}
 }
 
@@ -112,131 +108,6 @@ func isName(names []string, name string) bool {
 	return false
 }
 
-// TestAliasTableLaysOutEverySize: at every size, from no name to past the smallest table, a table
-// finds every name it holds, in any case, before its layout and after, and no name it does not
-// hold; once laid out it has one cell per name, and every cell starts a cache line.
-func TestAliasTableLaysOutEverySize(t *testing.T) {
-	if size := unsafe.Sizeof(aliasCell{}); size != 64 {
-		t.Errorf("aliasCell is %d bytes, want 64", size)
-	}
-	for _, n := range []int{0, 1, 2, 3, minCells - 1, minCells, minCells + 1, 5000} {
-		tab := newAliasTable()
-		for i := range n {
-			if !tab.add(fmt.Sprintf("a%d.example.org.", i), []string{fmt.Sprintf("t%d.agency.test.", i)}) {
-				t.Fatalf("%d names: a%d reported a duplicate", n, i)
-			}
-		}
-		check := func(laidOut bool) {
-			t.Helper()
-			if tab.len() != n {
-				t.Fatalf("%d names: len %d", n, tab.len())
-			}
-			for i := range n {
-				name := fmt.Sprintf("A%d.Example.ORG.", i)
-				a, ok := tab.get(name)
-				if !ok || a.targets()[0] != fmt.Sprintf("t%d.agency.test.", i) || (a.cell != nil) != laidOut {
-					t.Fatalf("%d names, laid out %v: %s: found %v, alias %+v", n, laidOut, name, ok, a)
-				}
-				for _, other := range []string{fmt.Sprintf("a%d.example.org.", i+n), fmt.Sprintf("b%d.example.org.", i), ""} {
-					if _, ok := tab.get(other); ok {
-						t.Fatalf("%d names, laid out %v: %q found, never added", n, laidOut, other)
-					}
-				}
-			}
-		}
-		check(false)
-		tab.freeze()
-		check(true)
-		want := max(n, minCells)
-		if n == 0 {
-			want = 0 // a table without short names allocates no cells
-		}
-		if len(tab.cells) != want {
-			t.Errorf("%d names in %d cells, want %d", n, len(tab.cells), want)
-		}
-		if p := uintptr(unsafe.Pointer(unsafe.SliceData(tab.cells))); n > 0 && p%64 != 0 {
-			t.Errorf("%d cells start at %#x, not on a 64-byte line", len(tab.cells), p)
-		}
-	}
-}
-
-// TestLayOutReportsInseparableNames: names with the same hash, which no displacement sends to
-// different cells, make a layout fail instead of searching forever (freeze then takes another
-// seed). The same name twice is the way to get the same hash.
-func TestLayOutReportsInseparableNames(t *testing.T) {
-	k := shortKey("a.example.org.")
-	if _, _, ok := layOut([]shortName{k, k}, maphash.MakeSeed(), minCells); ok {
-		t.Fatal("two names with one hash laid out")
-	}
-	if _, _, ok := layOut([]shortName{k, shortKey("b.example.org.")}, maphash.MakeSeed(), minCells); !ok {
-		t.Fatal("two names failed to lay out")
-	}
-}
-
-// TestAliasCellCopiesWhatPinTakesOver: an entry a target's slot already held when pin made it
-// the pinned slot (cache.initPinLocked takes over a slot made on demand) is in the cells of the
-// aliases to that target from the start, not only after the next refresh.
-func TestAliasCellCopiesWhatPinTakesOver(t *testing.T) {
-	c := newCache(func(context.Context, cacheKey) (*chain, error) { return nil, errors.New("not asked") })
-	k := cacheKey{name: "target.example.net.", qtype: dns.TypeA}
-	e := &entry{set: &addrSet{}, fetched: int64(time.Since(clockBase)), ttl: 300}
-	c.setGood(c.slotFor(k), e)
-
-	tab := newAliasTable()
-	tab.add("example.org.", []string{k.name})
-	tab.pin(c)
-	a, _ := tab.get("example.org.")
-	if set, exp, ok := a.cell.fresh(qtypeIndex(dns.TypeA)); !ok || set != e.set || exp != e.fetched+int64(e.lifetime()) {
-		t.Fatalf("the cell holds %v until %d (%v), want the taken-over entry's addresses", set, exp, ok)
-	}
-}
-
-// TestAliasCellReadsOneEntry: readers of a cell that writers keep changing see the expiry and
-// the addresses of one entry, never the expiry of one and the addresses of another. Two
-// writers, one per address type, share the cell as refreshes of A and AAAA do.
-func TestAliasCellReadsOneEntry(t *testing.T) {
-	var c aliasCell
-	sets := [2][2]*addrSet{{{}, {}}, {{}, {}}}
-	exps := [2][2]int64{{1, 2}, {3, 4}}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for qi := range uint8(2) {
-		wg.Go(func() {
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				c.store(qi, exps[qi][i%2], sets[qi][i%2])
-			}
-		})
-	}
-	deadline := time.Now().Add(300 * time.Millisecond)
-	reads := 0
-	for time.Now().Before(deadline) {
-		for range 1000 {
-			for qi := range 2 {
-				set, exp, ok := c.fresh(qi)
-				if !ok {
-					continue
-				}
-				reads++
-				if (set == sets[qi][0]) != (exp == exps[qi][0]) || (set == sets[qi][1]) != (exp == exps[qi][1]) {
-					close(stop)
-					wg.Wait()
-					t.Fatalf("type %d: read expiry %d with the addresses of the other entry", qi, exp)
-				}
-			}
-		}
-	}
-	close(stop)
-	wg.Wait()
-	if reads == 0 {
-		t.Fatal("no read got past the writers")
-	}
-}
-
 // typedResolver answers A with 192.0.2.N and AAAA with 2001:db8::N, N counting the resolutions
 // of the key, so that every entry's addresses tell it apart; or NODATA, or an error.
 type typedResolver struct {
@@ -246,7 +117,8 @@ type typedResolver struct {
 	err    error
 }
 
-func (r *typedResolver) resolve(_ context.Context, k cacheKey) (*chain, error) {
+func (r *typedResolver) resolve(_ context.Context, q question) (*chain, error) {
+	k := q.key
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.calls[k]++
@@ -271,25 +143,24 @@ func (r *typedResolver) set(nodata bool, err error) {
 	r.nodata, r.err = nodata, err
 }
 
-// TestAliasCellAnswersAsItsSlot: aliases with a short name answer fresh queries from their
-// cell's copy of the target's entry (aliasTable), and what they answer is what the pinned slot
-// answers, through every change of the entry: the first resolution, seconds counted down (a
-// fraction of one does not count), a refresh to new addresses, expiry into stale answers, and a
-// negative answer. Two short names and a long one (always answered through the slot) lead to
-// the same target; their answers must not differ but by the owner name.
-func TestAliasCellAnswersAsItsSlot(t *testing.T) {
+// TestAliasesAnswerFromTheirTargetsSlot: aliases that lead to one target answer from its pinned
+// slot, through every change of the entry: the first resolution, seconds counted down (a fraction
+// of one does not count), a refresh to new addresses, expiry into stale answers, and a negative
+// answer. Names short and long lead to the same target; their answers must not differ but by the
+// owner name.
+func TestAliasesAnswerFromTheirTargetsSlot(t *testing.T) {
 	clk := newFakeClock()
 	r := &typedResolver{calls: map[cacheKey]int{}}
-	f := New()
-	f.Zones = []string{"example.org."}
+	f := newTestFlatten()
+	f.cfg.zones = []string{"example.org."}
 	long := "a-name-longer-than-a-cell-holds.example.org."
 	names := []string{"example.org.", "www.example.org.", long}
 	for _, name := range names {
-		f.aliases.add(name, []string{"target.example.net."})
+		f.addAlias(name, "target.example.net.")
 	}
-	f.initCache(r.resolve, "")
+	f.build(r.resolve)
 	f.cache.now = clk.now
-	f.cache.stale = 10 * time.Minute
+	f.cfg.serveStale = 10 * time.Minute
 	f.Next = zoneBelow(false)
 	defer f.cache.stop()
 
@@ -335,12 +206,12 @@ func TestAliasCellAnswersAsItsSlot(t *testing.T) {
 
 	check("first resolution", 100, "192.0.2.1", "2001:db8::1")
 	// A lookup through this server that comes back to the target it is resolving is a loop,
-	// even while the target's entry is fresh in the cell (pick): answering it would let the
+	// even while the target's entry is fresh (pick): answering it would let the
 	// target's refresh renew the entry from itself.
 	q := new(dns.Msg)
 	q.SetQuestion(names[0], dns.TypeA)
 	rec := dnstest.NewRecorder(&test.ResponseWriter{})
-	f.ServeDNS(withPath(context.Background(), "target.example.net."), rec, q)
+	f.ServeDNS(withPath(context.Background(), &resolvePath{target: "target.example.net."}), rec, q)
 	if rec.Msg == nil || rec.Msg.Rcode != dns.RcodeServerFailure {
 		t.Errorf("a lookup that loops back to its target: %v, want SERVFAIL", rec.Msg)
 	}
@@ -352,20 +223,12 @@ func TestAliasCellAnswersAsItsSlot(t *testing.T) {
 	// A refresh before expiry: every name answers the new addresses at once.
 	a, _ := f.aliases.get(names[0])
 	for qi := range qtypes {
-		s := &a.one.slots[qi]
+		s := &a[0].slots[qi]
 		old := s.good.Load()
-		f.cache.refreshAsync(context.Background(), s)
+		f.cache.refreshAsync(context.Background(), s, question{key: s.key()})
 		waitFor(t, "the refresh", func() bool { return s.good.Load() != old })
 	}
 	check("refreshed", 100, "192.0.2.2", "2001:db8::2")
-	for _, name := range names[:2] {
-		c, _ := f.aliases.get(name)
-		for qi := range qtypes {
-			if set, _, ok := c.cell.fresh(qi); !ok || set != a.one.slots[qi].good.Load().set {
-				t.Errorf("refreshed: the cell of %s holds no copy of the entry for type %d", name, qtypes[qi])
-			}
-		}
-	}
 	clk.advance(99*time.Second + 900*time.Millisecond)
 	check("0.1 s before expiry, raised to the minimum TTL", defaultTTLMin, "192.0.2.2", "2001:db8::2")
 
@@ -378,8 +241,8 @@ func TestAliasCellAnswersAsItsSlot(t *testing.T) {
 	r.set(true, nil)
 	clk.advance(failureTTL + time.Second)
 	for qi := range qtypes {
-		s := &a.one.slots[qi]
-		f.cache.refreshAsync(context.Background(), s)
+		s := &a[0].slots[qi]
+		f.cache.refreshAsync(context.Background(), s, question{key: s.key()})
 		waitFor(t, "the negative answer", func() bool { e := s.good.Load(); return e != nil && e.negative() })
 	}
 	check("negative", 0)

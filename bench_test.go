@@ -115,7 +115,7 @@ func BenchmarkFlattenMiss(b *testing.B) {
 	q := benchQuery()
 	b.ReportAllocs()
 	for b.Loop() {
-		f.cache.setGood(s, nil)
+		s.good.Store(nil)
 		f.ServeDNS(ctx, w, q)
 	}
 }
@@ -166,19 +166,19 @@ func manyAliases(tb testing.TB, n int) (*Flatten, uint64) {
 		return out, out.Unpack(wire)
 	})
 	w := &walker{ex: ex, maxDepth: defaultMaxDepth}
-	f.initCache(func(ctx context.Context, k cacheKey) (*chain, error) { return w.resolve(ctx, k.name, k.qtype) }, "")
-	f.aliases.eachAlias(func(a alias) {
+	f.build(w.resolve)
+	for _, a := range f.aliases {
 		for i := range 2 {
 			for _, s := range a.slots(i, nil) {
 				// As the refresher does: the slot's flight (run) stores the entry.
 				fl := &flight{done: make(chan struct{})}
-				f.cache.run(context.Background(), s, fl)
+				f.cache.run(context.Background(), s, fl, question{})
 				if fl.err != nil {
 					tb.Fatal(fl.err)
 				}
 			}
 		}
-	})
+	}
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	return f, after.HeapAlloc - before.HeapAlloc

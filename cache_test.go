@@ -50,7 +50,8 @@ func newFakeResolver(ttl uint32) *fakeResolver {
 	return &fakeResolver{calls: map[cacheKey]int{}, ttl: ttl}
 }
 
-func (r *fakeResolver) resolve(ctx context.Context, k cacheKey) (*chain, error) {
+func (r *fakeResolver) resolve(ctx context.Context, q question) (*chain, error) {
+	k := q.key
 	r.mu.Lock()
 	r.calls[k]++
 	n, ttl, err, gate := r.calls[k], r.ttl, r.err, r.gate
@@ -82,10 +83,11 @@ func (r *fakeResolver) set(ttl uint32, err error) {
 	r.ttl, r.err = ttl, err
 }
 
-func newTestCache(r *fakeResolver, clk *fakeClock) *cache {
-	c := newCache(r.resolve)
+// newTestCache returns a cache in front of r on clk, whose configured targets are pins.
+func newTestCache(r *fakeResolver, clk *fakeClock, pins ...string) *cache {
+	c := newCache(newConfig(), r.resolve, pinnedTargets(pins...), newBackground())
 	c.now = clk.now
-	c.timeout = 5 * time.Second
+	c.cfg.timeout = 5 * time.Second
 	return c
 }
 
@@ -97,10 +99,10 @@ func TestCacheTTLCountsDownAndIsClamped(t *testing.T) {
 	clk := newFakeClock()
 	r := newFakeResolver(100)
 	c := newTestCache(r, clk)
-	c.ttlMin, c.ttlMax = 5, 3600
+	c.cfg.ttlMin, c.cfg.ttlMax = 5, 3600
 	s := c.slotFor(keyA)
 
-	e, src, _ := c.get(context.Background(), s, false)
+	e, src, _ := c.get(context.Background(), s, question{key: s.key()})
 	if src != srcResolved || c.ttl(e, src, clk.now()) != 100 {
 		t.Fatalf("first answer: src %d ttl %d, want fresh 100", src, c.ttl(e, src, clk.now()))
 	}
@@ -113,7 +115,7 @@ func TestCacheTTLCountsDownAndIsClamped(t *testing.T) {
 		{7 * time.Second, 5}, // 3 left, raised to MIN
 	} {
 		clk.advance(tc.advance)
-		e, src, _ = c.get(context.Background(), s, false)
+		e, src, _ = c.get(context.Background(), s, question{key: s.key()})
 		if got := c.ttl(e, src, clk.now()); got != tc.want {
 			t.Errorf("after %v more: TTL %d, want %d", tc.advance, got, tc.want)
 		}
@@ -125,7 +127,7 @@ func TestCacheTTLCountsDownAndIsClamped(t *testing.T) {
 	// A chain TTL above MAX lives MAX seconds.
 	r.set(86400, nil)
 	s2 := c.slotFor(cacheKey{name: "long.example.net.", qtype: dns.TypeA})
-	e, src, _ = c.get(context.Background(), s2, false)
+	e, src, _ = c.get(context.Background(), s2, question{key: s2.key()})
 	if e.lifetime() != time.Hour || c.ttl(e, src, clk.now()) != 3600 {
 		t.Errorf("chain TTL 86400: lifetime %v TTL %d, want 1h and 3600", e.lifetime(), c.ttl(e, src, clk.now()))
 	}
@@ -135,17 +137,17 @@ func TestCacheExpiryResolvesAgain(t *testing.T) {
 	clk := newFakeClock()
 	r := newFakeResolver(60)
 	c := newTestCache(r, clk)
-	c.prefetch = 0.01
+	c.cfg.prefetch = 0.01
 	s := c.slotFor(keyA)
-	e, _, _ := c.get(context.Background(), s, false)
+	e, _, _ := c.get(context.Background(), s, question{key: s.key()})
 	first := lastOctet(e)
 
 	clk.advance(59 * time.Second)
-	if e, _, _ = c.get(context.Background(), s, false); lastOctet(e) != first || r.count(keyA) != 1 {
+	if e, _, _ = c.get(context.Background(), s, question{key: s.key()}); lastOctet(e) != first || r.count(keyA) != 1 {
 		t.Fatalf("before expiry: a new resolution happened")
 	}
 	clk.advance(2 * time.Second)
-	e, src, _ := c.get(context.Background(), s, false)
+	e, src, _ := c.get(context.Background(), s, question{key: s.key()})
 	if src != srcResolved || lastOctet(e) == first || r.count(keyA) != 2 {
 		t.Errorf("after expiry: src %d, address .%d (first .%d), %d resolutions; want a fresh new answer from a 2nd resolution",
 			src, lastOctet(e), first, r.count(keyA))
@@ -156,26 +158,26 @@ func TestCachePrefetchAtThreshold(t *testing.T) {
 	clk := newFakeClock()
 	r := newFakeResolver(100)
 	c := newTestCache(r, clk)
-	c.prefetch = 0.10
+	c.cfg.prefetch = 0.10
 	s := c.slotFor(keyA)
-	c.get(context.Background(), s, false)
+	c.get(context.Background(), s, question{key: s.key()})
 
 	clk.advance(89 * time.Second) // 11% left: not yet
-	c.get(context.Background(), s, false)
-	c.wg.Wait()
+	c.get(context.Background(), s, question{key: s.key()})
+	c.bg.wg.Wait()
 	if n := r.count(keyA); n != 1 {
 		t.Fatalf("prefetch fired with 11%% of the TTL left (%d resolutions)", n)
 	}
 	clk.advance(2 * time.Second) // 9% left
-	e, src, _ := c.get(context.Background(), s, false)
+	e, src, _ := c.get(context.Background(), s, question{key: s.key()})
 	if src != srcFresh || lastOctet(e) != 1 {
 		t.Errorf("the query that triggers a prefetch is answered from the entry it has: src %d .%d", src, lastOctet(e))
 	}
-	c.wg.Wait()
+	c.bg.wg.Wait()
 	if n := r.count(keyA); n != 2 {
 		t.Fatalf("prefetch did not fire with 9%% left (%d resolutions)", n)
 	}
-	if e, _, _ := c.get(context.Background(), s, false); lastOctet(e) != 2 {
+	if e, _, _ := c.get(context.Background(), s, question{key: s.key()}); lastOctet(e) != 2 {
 		t.Errorf("after the prefetch the new answer is served: .%d", lastOctet(e))
 	}
 }
@@ -183,8 +185,8 @@ func TestCachePrefetchAtThreshold(t *testing.T) {
 func TestCachePinnedRefreshedBeforeExpiry(t *testing.T) {
 	clk := newFakeClock()
 	r := newFakeResolver(100)
-	c := newTestCache(r, clk)
-	c.prefetch = 0.10
+	c := newTestCache(r, clk, keyA.name)
+	c.cfg.prefetch = 0.10
 	s := c.pin(keyA)
 	c.start()
 	defer c.stop()
@@ -205,7 +207,7 @@ func TestCachePinnedRefreshedBeforeExpiry(t *testing.T) {
 
 	// A client never waits: the entry was replaced before it expired.
 	clk.advance(15 * time.Second)
-	if _, src, _ := c.get(context.Background(), s, false); src != srcFresh {
+	if _, src, _ := c.get(context.Background(), s, question{key: s.key()}); src != srcFresh {
 		t.Errorf("after the scheduled refresh: src %d, want fresh", src)
 	}
 }
@@ -223,7 +225,7 @@ func TestCacheConcurrentMissesCoalesce(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, src, _ := c.get(context.Background(), s, false); src == srcResolved {
+			if _, src, _ := c.get(context.Background(), s, question{key: s.key()}); src == srcResolved {
 				fresh.Add(1)
 			}
 		}()
@@ -243,12 +245,12 @@ func TestCacheConcurrentMissesCoalesce(t *testing.T) {
 func TestCacheCapacityNeverExceeded(t *testing.T) {
 	clk := newFakeClock()
 	r := newFakeResolver(300)
-	c := newTestCache(r, clk)
-	c.capacity = 10
+	c := newTestCache(r, clk, "pinned.example.net.")
+	c.cfg.capacity = 10
 	pinned := c.pin(cacheKey{name: "pinned.example.net.", qtype: dns.TypeA})
 	for i := range 100 {
 		s := c.slotFor(cacheKey{name: fmt.Sprintf("n%d.example.net.", i), qtype: dns.TypeA})
-		c.get(context.Background(), s, false)
+		c.get(context.Background(), s, question{key: s.key()})
 		// The pinned target has an A and an AAAA slot.
 		if n := c.len(); n > 12 {
 			t.Fatalf("after %d names: %d entries, capacity 10 (+2 pinned)", i+1, n)
@@ -269,17 +271,17 @@ func TestCacheNegativeUsesSOAMinimum(t *testing.T) {
 		return m, nil
 	})}
 	clk := newFakeClock()
-	c := newCache(func(ctx context.Context, k cacheKey) (*chain, error) { return w.resolve(ctx, k.name, k.qtype) })
+	c := newCache(newConfig(), w.resolve, nil, newBackground())
 	c.now = clk.now
-	c.ttlMin = 5
+	c.cfg.ttlMin = 5
 	s := c.slotFor(keyA)
-	e, _, _ := c.get(context.Background(), s, false)
+	e, _, _ := c.get(context.Background(), s, question{key: s.key()})
 	if !e.negative() || !e.nxdomain || e.lifetime() != 120*time.Second {
 		t.Fatalf("negative entry: negative %v nxdomain %v lifetime %v, want true true 2m0s", e.negative(), e.nxdomain, e.lifetime())
 	}
-	c.ttlMax = 60 // clamped by ttl MAX too
+	c.cfg.ttlMax = 60 // clamped by ttl MAX too
 	c.slots = map[cacheKey]*slot{}
-	e, _, _ = c.get(context.Background(), c.slotFor(keyA), false)
+	e, _, _ = c.get(context.Background(), c.slotFor(keyA), question{key: c.slotFor(keyA).key()})
 	if e.lifetime() != 60*time.Second {
 		t.Errorf("negative lifetime %v with ttl MAX 60", e.lifetime())
 	}
@@ -289,13 +291,13 @@ func TestCacheFailureLadder(t *testing.T) {
 	clk := newFakeClock()
 	r := newFakeResolver(10)
 	c := newTestCache(r, clk)
-	c.stale = time.Hour
+	c.cfg.serveStale = time.Hour
 	s := c.slotFor(keyA)
-	c.get(context.Background(), s, false)
+	c.get(context.Background(), s, question{key: s.key()})
 
 	r.set(10, errTimeout("target.example.net."))
 	clk.advance(11 * time.Second) // expired
-	e, src, err := c.get(context.Background(), s, false)
+	e, src, err := c.get(context.Background(), s, question{key: s.key()})
 	if src != srcStale || e == nil || err == nil || err.reason != reasonTimeout {
 		t.Fatalf("upstream down after expiry: src %d err %v, want stale with the timeout", src, err)
 	}
@@ -304,7 +306,7 @@ func TestCacheFailureLadder(t *testing.T) {
 	}
 	calls := r.count(keyA)
 	for range 50 {
-		c.get(context.Background(), s, false)
+		c.get(context.Background(), s, question{key: s.key()})
 	}
 	if n := r.count(keyA); n != calls {
 		t.Errorf("50 queries during a remembered failure caused %d resolutions, want 0", n-calls)
@@ -313,28 +315,28 @@ func TestCacheFailureLadder(t *testing.T) {
 	// After the failure is no longer remembered, one query retries in the background and is
 	// answered stale at once.
 	clk.advance(failureTTL + time.Second)
-	if _, src, _ = c.get(context.Background(), s, false); src != srcStale {
+	if _, src, _ = c.get(context.Background(), s, question{key: s.key()}); src != srcStale {
 		t.Errorf("retry after the failure memory: src %d, want stale without waiting", src)
 	}
-	c.wg.Wait()
+	c.bg.wg.Wait()
 	if n := r.count(keyA); n != calls+1 {
 		t.Errorf("retry after the failure memory: %d resolutions, want 1", n-calls)
 	}
 
 	// Past the stale window: nothing to serve, and the reason.
 	clk.advance(time.Hour)
-	if e, src, err = c.get(context.Background(), s, false); src != srcNone || e != nil || err == nil {
+	if e, src, err = c.get(context.Background(), s, question{key: s.key()}); src != srcNone || e != nil || err == nil {
 		t.Errorf("past the stale window: src %d entry %v err %v, want none with an error", src, e, err)
 	}
 
 	// serve_stale 0: straight to none.
 	c2 := newTestCache(newFakeResolver(10), clk)
-	c2.stale = 0
+	c2.cfg.serveStale = 0
 	s2 := c2.slotFor(keyA)
-	c2.get(context.Background(), s2, false)
-	c2.resolve = func(context.Context, cacheKey) (*chain, error) { return nil, errors.New("down") }
+	c2.get(context.Background(), s2, question{key: s2.key()})
+	c2.resolve = func(context.Context, question) (*chain, error) { return nil, errors.New("down") }
 	clk.advance(11 * time.Second)
-	if _, src, _ = c2.get(context.Background(), s2, false); src != srcNone {
+	if _, src, _ = c2.get(context.Background(), s2, question{key: s2.key()}); src != srcNone {
 		t.Errorf("serve_stale 0: src %d, want none", src)
 	}
 }
@@ -344,9 +346,9 @@ func TestCacheClientWaitsAtMostTimeout(t *testing.T) {
 	r := newFakeResolver(10)
 	r.gate = make(chan struct{}) // never opens: the upstream hangs
 	c := newTestCache(r, clk)
-	c.timeout = 50 * time.Millisecond
+	c.cfg.timeout = 50 * time.Millisecond
 	defer c.stop()
-	_, src, err := c.get(context.Background(), c.slotFor(keyA), false)
+	_, src, err := c.get(context.Background(), c.slotFor(keyA), question{key: c.slotFor(keyA).key()})
 	if src != srcNone || err == nil || err.reason != reasonTimeout {
 		t.Errorf("hung upstream: src %d err %v, want none with a timeout", src, err)
 	}
@@ -364,7 +366,7 @@ func TestCacheStopEndsBackgroundWork(t *testing.T) {
 	before := refresherGoroutines()
 	r := newFakeResolver(1)
 	r.gate = make(chan struct{}) // resolutions hang until cancelled
-	c := newCache(r.resolve)
+	c := newCache(newConfig(), r.resolve, pinnedTargets(keyA.name), newBackground())
 	c.pin(keyA)
 	c.start()
 	waitFor(t, "refresher", func() bool { return refresherGoroutines() == before+1 && r.count(keyA) == 1 })
@@ -376,15 +378,22 @@ func TestCacheStopEndsBackgroundWork(t *testing.T) {
 
 type exchangerFunc func(ctx context.Context, name string, qtype uint16) (*dns.Msg, error)
 
-func (f exchangerFunc) exchange(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
-	return f(ctx, name, qtype)
+// questionFunc is an exchanger that sees the whole question (its client network, its label).
+type questionFunc func(ctx context.Context, q question, name string) (*dns.Msg, error)
+
+func (f questionFunc) exchange(ctx context.Context, q question, name string) (*dns.Msg, error) {
+	return f(ctx, q, name)
+}
+
+func (f exchangerFunc) exchange(ctx context.Context, q question, name string) (*dns.Msg, error) {
+	return f(ctx, name, q.key.qtype)
 }
 
 func TestCachePinnedBackoffOnFailure(t *testing.T) {
 	clk := newFakeClock()
 	r := newFakeResolver(100)
 	r.set(100, errTimeout("target.example.net."))
-	c := newTestCache(r, clk)
+	c := newTestCache(r, clk, keyA.name)
 	c.pin(keyA)
 	c.start()
 	defer c.stop()
@@ -423,14 +432,14 @@ func TestCachePinnedFailureStandsUntilRetry(t *testing.T) {
 	clk := newFakeClock()
 	r := newFakeResolver(100)
 	r.set(100, errTimeout("target.example.net."))
-	c := newTestCache(r, clk)
+	c := newTestCache(r, clk, keyA.name)
 	s := c.pin(keyA)
 	c.start()
 	defer c.stop()
 	waitFor(t, "startup round", c.ready)
 	scheduled := func() bool {
-		c.schedMu.Lock()
-		defer c.schedMu.Unlock()
+		c.sched.mu.Lock()
+		defer c.sched.mu.Unlock()
 		return s.index >= 0
 	}
 	// Failures 2, 3 and 4: the backoff is now 8 s. The clock moves only once the slot is back on
@@ -443,7 +452,7 @@ func TestCachePinnedFailureStandsUntilRetry(t *testing.T) {
 	}
 	waitFor(t, "the retry to be scheduled", scheduled)
 	clk.advance(6 * time.Second) // past failureTTL, before the retry at 8 s
-	e, src, err := c.get(context.Background(), s, false)
+	e, src, err := c.get(context.Background(), s, question{key: s.key()})
 	if e != nil || src != srcNone || err == nil || err.reason != reasonTimeout {
 		t.Errorf("get = %v, %v, %v; want nothing, with the remembered timeout", e, src, err)
 	}
@@ -639,12 +648,12 @@ func TestPinnedTargetsFoundByName(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.initCache(func(ctx context.Context, k cacheKey) (*chain, error) { return nil, errors.New("not asked") }, "")
+	f.build(func(ctx context.Context, q question) (*chain, error) { return nil, errors.New("not asked") })
 	c := f.cache
 	if n := c.len(); n != 8 {
 		t.Errorf("%d slots, want 8: four targets, A and AAAA", n)
 	}
-	f.aliases.each(func(name string, a alias) {
+	for name, a := range f.aliases {
 		for qi, qtype := range qtypes {
 			for i, s := range a.slots(qi, nil) {
 				target := a.targets()[i]
@@ -657,7 +666,7 @@ func TestPinnedTargetsFoundByName(t *testing.T) {
 				}
 			}
 		}
-	})
+	}
 
 	for _, other := range []string{"a.agency.test.", "c.agency.test.", "n.agency.test.", "zz.agency.test."} {
 		if s := c.existing(cacheKey{name: other, qtype: dns.TypeA}); s != nil {

@@ -1,14 +1,12 @@
 package flatten
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/miekg/dns"
 )
@@ -179,7 +177,7 @@ func formerr(w dns.ResponseWriter, r *dns.Msg, err error) (int, error) {
 // answer is valid for (RFC 7871 7.2.1: FAMILY, SOURCE PREFIX-LENGTH and ADDRESS as in the query).
 // A client that sent none gets none (RFC 7871 7.2.2): it might not understand it.
 func (f *Flatten) echoECS(m, r *dns.Msg, e *entry) {
-	if f.ecs == nil {
+	if f.cfg.ecs == nil {
 		return
 	}
 	o, err := clientECS(r)
@@ -200,45 +198,10 @@ func (f *Flatten) echoECS(m, r *dns.Msg, e *entry) {
 	})
 }
 
-// subnetKey carries, in the context of a resolution, the client network it is made for: the
-// exchangers send it upstream.
-type subnetKey struct{}
-
-func withSubnet(ctx context.Context, p netip.Prefix) context.Context {
-	return context.WithValue(ctx, subnetKey{}, p)
-}
-
-// subnetFrom returns the network a resolution is made for; the zero Prefix for none.
-func subnetFrom(ctx context.Context) netip.Prefix {
-	p, _ := ctx.Value(subnetKey{}).(netip.Prefix)
-	return p
-}
-
-// subnetFor returns the context a resolution of s runs in: with the client network to send for a
-// client-subnet slot, without any for a shared one (a lookup through this server carries the
-// network of the resolution that made it, which a shared slot must not inherit). A slot of a
-// broader network (refreshed ahead of expiry by a client inside it) is asked for with that
-// client's network, not its own: RFC 7871 7.1.1 says refreshes use the longest SOURCE
-// PREFIX-LENGTH we are willing to cache, even when an answer said a shorter one was enough.
-func subnetFor(ctx context.Context, s *slot) context.Context {
-	p, sub := s.subnet().prefix(), subnetFrom(ctx)
-	if !p.IsValid() {
-		if sub.IsValid() {
-			return withSubnet(ctx, netip.Prefix{})
-		}
-		return ctx
-	}
-	if sub.IsValid() && sub.Bits() >= p.Bits() && p.Contains(sub.Addr()) {
-		return ctx
-	}
-	return withSubnet(ctx, p)
-}
-
-// addECS adds the ECS option for the resolution's client network to q, an upstream question.
-// SCOPE PREFIX-LENGTH is 0 and the address holds only SOURCE PREFIX-LENGTH bits (RFC 7871 6;
-// miekg/dns packs only the octets those bits need).
-func addECS(ctx context.Context, q *dns.Msg) {
-	sub := subnetFrom(ctx)
+// addECS adds the ECS option for sub, the network a resolution is made for, to q, an upstream
+// question. SCOPE PREFIX-LENGTH is 0 and the address holds only SOURCE PREFIX-LENGTH bits (RFC
+// 7871 6; miekg/dns packs only the octets those bits need).
+func addECS(q *dns.Msg, sub netip.Prefix) {
 	if !sub.IsValid() {
 		return
 	}
@@ -297,246 +260,28 @@ func answerScope(resp *dns.Msg) uint8 {
 	return 0
 }
 
-// The cache for client networks.
-//
-// A slot whose key has a scope holds the answer for one client network (RFC 7871 7.3.1): the
-// network of the client that asked, cut to the scope the upstream returned. Scope 0 answers are
-// kept at the family's /0 and serve every client of the family; a /24 scope answer serves only
-// that /24. These slots are made on demand and count against `cache CAPACITY` with the others, so
-// however many networks ask (or are made up), the cache stays bounded. They are refreshed ahead
-// of expiry only when a client of the network asks within the prefetch window: upstream load
-// follows demand, not the number of networks ever seen.
-//
-// The answer of a configured alias resolved at startup (the warm answer) carries no network: it
-// was tailored to flatten's own address, so it is never served in place of an answer for the
-// client's network, only as the last stand-in before the zone's fallback records.
-
-// subnet is a client network as a cache key holds it. A netip.Prefix is 32 bytes (its Addr has
-// room for an IPv6 zone, which a network never has); this is 18, which keeps a cacheKey at 40
-// bytes (a slot holds its subnet by pointer, and only when it has one). Equal networks give
-// equal subnets, so it compares as the Prefix would. The zero subnet is no network.
-type subnet struct {
-	addr [16]byte // the network's address, IPv4 as IPv4-mapped IPv6
-	bits uint8    // the prefix length plus one; 0: no network
-	is4  bool
-}
-
-func subnetOf(p netip.Prefix) subnet {
-	if !p.IsValid() {
-		return subnet{}
-	}
-	return subnet{addr: p.Addr().As16(), bits: uint8(p.Bits() + 1), is4: p.Addr().Is4()}
-}
-
-// prefix is the network as a netip.Prefix; the zero Prefix for no network.
-func (s subnet) prefix() netip.Prefix {
-	if s.bits == 0 {
-		return netip.Prefix{}
-	}
-	a := netip.AddrFrom16(s.addr)
-	if s.is4 {
-		a = a.Unmap()
-	}
-	return netip.PrefixFrom(a, int(s.bits)-1)
-}
-
-// IsValid, Bits, Addr and String are netip.Prefix's, for the code that reads a key's network.
-func (s subnet) IsValid() bool    { return s.bits != 0 }
-func (s subnet) Bits() int        { return int(s.bits) - 1 }
-func (s subnet) Addr() netip.Addr { return s.prefix().Addr() }
-func (s subnet) String() string   { return s.prefix().String() }
-
-// scopeIndex counts, per target, address type and family, the client-network slots at each prefix
-// length, so that finding the most specific network that holds a client (RFC 7871 7.3.2: longest
-// prefix match) probes only the lengths in use. Guarded by cache.mu.
-type scopeIndex struct {
-	lens  map[cacheKey]*lenCounts // key: name, qtype and the family's /0
-	slots int                     // client-network slots in the cache
-}
-
-type lenCounts struct {
-	n     [129]int32 // slots at /0 ... /128
-	total int32
-}
-
-// familyKey is the index key of k: its name and type, and the /0 of its network's family.
-func familyKey(k cacheKey) cacheKey {
-	zero := netip.IPv6Unspecified()
-	if k.scope.Addr().Is4() {
-		zero = netip.IPv4Unspecified()
-	}
-	return cacheKey{name: k.name, qtype: k.qtype, scope: subnetOf(netip.PrefixFrom(zero, 0))}
-}
-
-// countScoped records that a slot for k was made (d = 1) or dropped (d = -1). Called with c.mu held.
-func (c *cache) countScoped(k cacheKey, d int32) {
-	if !k.scope.IsValid() {
-		return
-	}
-	fk := familyKey(k)
-	lc := c.ecs.lens[fk]
-	if lc == nil {
-		if c.ecs.lens == nil {
-			c.ecs.lens = map[cacheKey]*lenCounts{}
-		}
-		lc = &lenCounts{}
-		c.ecs.lens[fk] = lc
-	}
-	lc.n[k.scope.Bits()] += d
-	if lc.total += d; lc.total <= 0 {
-		delete(c.ecs.lens, fk)
-	}
-	c.ecs.slots += int(d)
-	ecsEntries.WithLabelValues(c.server).Set(float64(c.ecs.slots))
-}
-
-// covering returns the entry of the most specific network that holds the client network k.scope,
-// and its slot (RFC 7871 7.3.2), or with usable set, the most specific one that may still be
-// served (fresh or within the stale window). An entry whose upstream asked for a longer prefix
-// than it was sent (narrow) serves only queries for exactly that network.
-func (c *cache) covering(k cacheKey, now time.Time, usable bool) (*entry, *slot) {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	lc := c.ecs.lens[familyKey(k)]
-	if lc == nil {
-		return nil, nil
-	}
-	bits := k.scope.Bits()
-	for l := bits; l >= 0; l-- {
-		if lc.n[l] == 0 {
-			continue
-		}
-		p, _ := k.scope.Addr().Prefix(l)
-		s := c.slots[cacheKey{name: k.name, qtype: k.qtype, scope: subnetOf(p)}]
-		if s == nil {
-			continue
-		}
-		e := s.good.Load()
-		if e == nil || (e.narrow && l < bits) || (usable && !c.usable(e, now)) {
-			continue
-		}
-		return e, s
-	}
-	return nil, nil
-}
-
-// getECS is get for a client whose network is sub: what to answer from the slots of target and
-// type of shared (the slot without a network), and where it comes from. The ladder: the most
-// specific network holding the client while it is fresh; otherwise a resolution for the client's
-// network (shared by every client of that network: one flight per network); if that fails, the
-// most specific entry still within the stale window (the client's network, then broader ones down
-// to the shared scope 0), then the warm answer; else nothing, and the caller's fallback.
-func (c *cache) getECS(ctx context.Context, shared *slot, sub netip.Prefix, nested bool) (*entry, source, *resolveError) {
-	k := cacheKey{name: shared.name, qtype: shared.qtype(), scope: subnetOf(sub)}
-	now := c.now()
-	if e, holder := c.covering(k, now, false); e != nil && now.Before(e.expires()) {
-		// Refresh ahead through the slot that holds the entry, so that the clients of all the
-		// networks it serves start one refresh between them, made for this client's network.
-		if c.nearExpiry(e, now) {
-			c.refreshAsync(withSubnet(ctx, sub), holder)
-		}
-		return e, srcFresh, nil
-	}
-	ctx = withSubnet(ctx, sub) // what the resolutions started below are made for
-
-	s := c.slotFor(k)
-	if f := s.fail.Load(); f != nil {
-		if now.Before(f.until) {
-			return c.ladderECS(shared, k, now, f.err)
-		}
-		if e, src, err := c.ladderECS(shared, k, now, f.err); src != srcNone {
-			// As get does: answer at once from the ladder, retry in the background.
-			c.refreshAsync(ctx, s)
-			return e, src, err
-		}
-	}
-
-	e, err := c.await(ctx, s, nested)
-	if err == nil {
-		return e, srcResolved, nil
-	}
-	return c.ladderECS(shared, k, c.now(), err)
-}
-
-// ladderECS is what a client network gets when its own answer cannot be had fresh.
-func (c *cache) ladderECS(shared *slot, k cacheKey, now time.Time, err *resolveError) (*entry, source, *resolveError) {
-	if e, _ := c.covering(k, now, true); e != nil {
-		if now.Before(e.expires()) {
-			return e, srcFresh, nil // a broader network's answer, fresh: valid for this client
-		}
-		return e, srcStale, err
-	}
-	if w := shared.good.Load(); c.usable(w, now) {
-		// The warm answer stands in, served like a stale one (short TTL, EDE 3) and echoed
-		// with the client's whole network as scope: it is nobody's tailored answer.
-		stand := *w
-		stand.ecsScope = uint8(k.scope.Bits())
-		return &stand, srcStale, err
-	}
-	return nil, srcNone, err
-}
-
-// store publishes a resolved entry: in s, or, for a resolution made for a client network, in the
-// slot of the network the upstream said the answer is for (RFC 7871 7.3.1), the network asked
-// for cut to the returned scope. A scope longer than what was sent is cut to what was sent, the
-// most we are willing to cache (RFC 7871 7.3.1), and the entry then serves only that network.
-func (c *cache) store(ctx context.Context, s *slot, e *entry, ch *chain) {
-	if s.scope == nil {
-		c.setGood(s, e)
-		return
-	}
-	sent := subnetFrom(ctx) // subnetFor set it
-	if !sent.IsValid() {
-		sent = s.scope.prefix()
-	}
-	e.ecsScope = uint8(min(int(ch.scope), sent.Bits()))
-	e.narrow = int(ch.scope) > sent.Bits()
-	p, _ := sent.Addr().Prefix(int(e.ecsScope))
-	if subnetOf(p) == *s.scope {
-		c.setGood(s, e)
-		return
-	}
-	c.setGood(c.slotFor(cacheKey{name: s.name, qtype: s.qtype(), scope: subnetOf(p)}), e)
-	if *s.scope == subnetOf(sent) {
-		// The answer for this network now lives in a broader slot (or the upstream narrowed it);
-		// an older answer left here would shadow it. The slot only held the flight: drop it.
-		c.drop(s)
-	}
-}
-
-// drop removes an on-demand slot that holds nothing worth keeping.
-func (c *cache) drop(s *slot) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.setGood(s, nil)
-	if k := s.key(); c.slots[k] == s && !s.pinned {
-		delete(c.slots, k)
-		c.demand--
-		c.countScoped(k, -1)
-		cacheEntries.WithLabelValues(c.server).Set(float64(c.countLocked()))
-	}
-}
-
 // CacheBypassZones implements the cache.ZoneBypasser interface of CoreDNS's *cache* plugin: with
 // `ecs`, a *cache* in the same server block passes queries for the names flattened here (and the
 // names below them: *cache* matches zones) straight on. Its key ignores ECS, so it would answer
 // every client with the addresses of whichever network asked first; flatten keeps its own cache
 // per network.
 func (f *Flatten) CacheBypassZones() []string {
-	if f.ecs == nil {
+	if f.cfg.ecs == nil {
 		return nil
 	}
 	var zones []string
-	f.aliases.each(func(name string, _ alias) { zones = append(zones, name) })
-	if f.zoneAliasOn || (f.cnames != nil && f.cnames.all) {
-		// Any name in ZONES may hold an ALIAS record, or answer with a CNAME.
-		zones = append(zones, f.Zones...)
+	for name := range f.aliases {
+		zones = append(zones, name)
 	}
-	if f.cnames != nil {
-		for name := range f.cnames.exact {
+	if f.cfg.zoneAlias || (f.cfg.cnames != nil && f.cfg.cnames.all) {
+		// Any name in ZONES may hold an ALIAS record, or answer with a CNAME.
+		zones = append(zones, f.cfg.zones...)
+	}
+	if f.cfg.cnames != nil {
+		for name := range f.cfg.cnames.exact {
 			zones = append(zones, name)
 		}
-		for _, s := range f.cnames.suffixes {
+		for _, s := range f.cfg.cnames.suffixes {
 			zones = append(zones, strings.TrimPrefix(s, "."))
 		}
 	}

@@ -622,7 +622,7 @@ func TestECSRefreshFollowsDemand(t *testing.T) {
 		ask(fmt.Sprintf("198.51.%d.1/32", 100+i))
 	}
 	close(gate)
-	rig.f.cache.wg.Wait() // the refreshes have ended
+	rig.f.cache.bg.wg.Wait() // the refreshes have ended
 	for net, want := range map[string]int{"192.0.2.0/24": 2, "192.0.3.0/24": 1, "198.51.100.0/24": 2, "198.51.101.0/24": 0} {
 		if n := g.count(dns.TypeA, net); n != want {
 			t.Errorf("%s asked %d times, want %d", net, n, want)
@@ -898,13 +898,13 @@ func TestParseECS(t *testing.T) {
 		if !checkParseErr(t, i, err, tc.shouldErr, tc.expectedErr, tc.line) {
 			continue
 		}
-		if f.ecs == nil || f.ecs.v4 != tc.v4 || f.ecs.v6 != tc.v6 {
-			t.Errorf("Test %d: ecs %+v, want %d %d", i, f.ecs, tc.v4, tc.v6)
+		if f.cfg.ecs == nil || f.cfg.ecs.v4 != tc.v4 || f.cfg.ecs.v6 != tc.v6 {
+			t.Errorf("Test %d: ecs %+v, want %d %d", i, f.cfg.ecs, tc.v4, tc.v6)
 		}
 	}
 	f, err := parse(newSetupController("flatten {\n\talias @ a.example.net.\n}", nil))
-	if err != nil || f.ecs != nil {
-		t.Errorf("without the line: ecs %+v (%v), want off", f.ecs, err)
+	if err != nil || f.cfg.ecs != nil {
+		t.Errorf("without the line: ecs %+v (%v), want off", f.cfg.ecs, err)
 	}
 }
 
@@ -929,9 +929,10 @@ func FuzzECS(f *testing.F) {
 		f.Fatal(err)
 	}
 	var upstreamScope atomic.Uint32
-	w := &walker{ex: exchangerFunc(func(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
+	w := &walker{ex: questionFunc(func(ctx context.Context, fq question, name string) (*dns.Msg, error) {
+		qtype := fq.key.qtype
 		q := newQuery(name, qtype)
-		addECS(ctx, q)
+		addECS(q, fq.sub)
 		m := reply(q, aRR(name, 60, "192.0.2.10"))
 		if qtype == dns.TypeAAAA {
 			m.Answer = []dns.RR{aRR(name, 60, "2001:db8::10")}
@@ -943,8 +944,8 @@ func FuzzECS(f *testing.F) {
 			m.IsEdns0().Option = []dns.EDNS0{&echo}
 		}
 		return m, checkAnswer(q, m)
-	}), maxDepth: fl.maxDepth}
-	fl.initCache(func(ctx context.Context, k cacheKey) (*chain, error) { return w.resolve(ctx, k.name, k.qtype) }, "")
+	}), maxDepth: fl.cfg.maxDepth}
+	fl.build(w.resolve)
 	fl.Next = test.NextHandler(dns.RcodeRefused, nil)
 	f.Cleanup(func() { fl.cache.stop() })
 
@@ -1001,10 +1002,10 @@ func FuzzECS(f *testing.F) {
 			t.Fatalf("no ECS echoed to a client that sent one")
 		}
 		fl.cache.mu.RLock()
-		n, demand := fl.cache.ecs.slots, fl.cache.demand
+		n, demand := fl.cache.scopes.slots, len(fl.cache.slots)
 		fl.cache.mu.RUnlock()
-		if n > fl.capacity || demand > fl.capacity {
-			t.Fatalf("%d client-network slots, %d on demand, capacity %d", n, demand, fl.capacity)
+		if n > fl.cfg.capacity || demand > fl.cfg.capacity {
+			t.Fatalf("%d client-network slots, %d on demand, capacity %d", n, demand, fl.cfg.capacity)
 		}
 	})
 }
@@ -1013,9 +1014,9 @@ func FuzzECS(f *testing.F) {
 // option sub, or none (sub ""; its network is made from its address, 10.240.0.1): answered from
 // the entry of its /24, which the upstream scoped to 24, the option echoed when there is one.
 func benchECS(b *testing.B, sub string) {
-	up := exchangerFunc(func(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
-		m, err := benchUpstream().exchange(ctx, name, qtype)
-		if sent := subnetFrom(ctx); sent.IsValid() {
+	up := questionFunc(func(ctx context.Context, q question, name string) (*dns.Msg, error) {
+		m, err := benchUpstream().exchange(ctx, q, name)
+		if sent := q.sub; sent.IsValid() {
 			m.SetEdns0(1232, false)
 			m.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1,
 				SourceNetmask: uint8(sent.Bits()), SourceScope: uint8(sent.Bits()), Address: net.IP(sent.Addr().AsSlice())}}
@@ -1023,7 +1024,7 @@ func benchECS(b *testing.B, sub string) {
 		return m, err
 	})
 	f := newLadderFlatten(up, newFakeClock(), false)
-	f.ecs = &ecsConfig{v4: defaultECSv4, v6: defaultECSv6}
+	f.cfg.ecs = &ecsConfig{v4: defaultECSv4, v6: defaultECSv6}
 	f.Next = benchFile(b)
 	ctx, w, q := context.Background(), &packWriter{}, ecsMsg("example.org.", dns.TypeA, sub)
 	f.ServeDNS(ctx, w, q)

@@ -35,7 +35,7 @@ func isExplainQuery(r *dns.Msg) bool {
 // explanation must not change what it explains. Clients outside the explain CIDRs are REFUSED.
 func (f *Flatten) explain(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
 	name := strings.ToLower(r.Question[0].Name[len(explainPrefix):])
-	zone := plugin.Zones(f.Zones).Matches(name)
+	zone := plugin.Zones(f.cfg.zones).Matches(name)
 	if zone == "" {
 		return plugin.NextOrFailure(f.Name(), f.Next, ctx, w, r)
 	}
@@ -91,7 +91,7 @@ func (f *Flatten) mayExplain(addr net.Addr) bool {
 		ip, _ = netip.AddrFromSlice(a.IP)
 	}
 	ip = ip.Unmap()
-	for _, p := range f.explainNets {
+	for _, p := range f.cfg.explainNets {
 		if p.Contains(ip) {
 			return true
 		}
@@ -110,7 +110,7 @@ func (f *Flatten) explainTargets(ctx context.Context, w dns.ResponseWriter, r *d
 			return []string{za.target}, "zone_alias", ""
 		}
 	}
-	if !f.cnames.match(name) {
+	if !f.cfg.cnames.match(name) {
 		return nil, "", ""
 	}
 	m, _, _ := f.askNext(ctx, w, r, name, dns.TypeA)
@@ -118,7 +118,7 @@ func (f *Flatten) explainTargets(ctx context.Context, w dns.ResponseWriter, r *d
 		return nil, "", ""
 	}
 	c := &chain{start: name}
-	end, err := follow(m, name, dns.TypeA, c, map[string]bool{name: true}, f.maxDepth)
+	end, err := follow(m, name, dns.TypeA, c, map[string]bool{name: true}, f.cfg.maxDepth)
 	if err != nil || len(c.hops) == 0 || len(c.addrs) > 0 {
 		return nil, "", "" // not a chain, or one the zone answers itself
 	}
@@ -126,7 +126,7 @@ func (f *Flatten) explainTargets(ctx context.Context, w dns.ResponseWriter, r *d
 	if a, ok := f.aliases.get(end); ok {
 		return a.targets(), "cname", via
 	}
-	if plugin.Zones(f.Zones).Matches(end) != "" {
+	if plugin.Zones(f.cfg.zones).Matches(end) != "" {
 		return nil, "", ""
 	}
 	return []string{end}, "cname", via
@@ -147,7 +147,7 @@ func (f *Flatten) explainAnswer(ctx context.Context, w dns.ResponseWriter, r *dn
 			continue
 		}
 		e, src, err := f.cache.peek(s, now)
-		pk.add(i, e, src, err, f.keepHealthy)
+		pk.add(i, e, src, err, f.health)
 	}
 	typ := dns.TypeToString[qtype]
 	c := pk.best()
@@ -276,7 +276,7 @@ func (f *Flatten) explainHealth(targets []string) []string {
 				}
 				seen[ip] = true
 				h := f.health.status(ip)
-				l := fmt.Sprintf("health=%s state=%s failures=%d", netip.AddrPortFrom(ip, uint16(f.healthPort)), h.state, h.fails)
+				l := fmt.Sprintf("health=%s state=%s failures=%d", netip.AddrPortFrom(ip, f.health.port), h.state, h.fails)
 				if !h.lastProbe.IsZero() {
 					l += " checked=" + h.lastProbe.UTC().Format(time.RFC3339)
 				}

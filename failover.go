@@ -32,9 +32,10 @@ type picker struct {
 	err                          *resolveError // the first failure seen
 }
 
-// add offers target i's answer. keepHealthy, when health checks are on, drops addresses that are
-// down. add reports true when the answer is the best possible, so later targets need not be asked.
-func (p *picker) add(i int, e *entry, src source, err *resolveError, keepHealthy func([]dns.RR) []dns.RR) bool {
+// add offers target i's answer. health, when health checks are on (not nil), drops addresses
+// that are down. add reports true when the answer is the best possible, so later targets need not
+// be asked.
+func (p *picker) add(i int, e *entry, src source, err *resolveError, health *healthChecker) bool {
 	if err != nil {
 		p.fail(err)
 	}
@@ -48,8 +49,8 @@ func (p *picker) add(i int, e *entry, src source, err *resolveError, keepHealthy
 			p.negative = c
 		}
 		return false
-	case keepHealthy != nil:
-		if c.addrs = keepHealthy(e.addrs()); len(c.addrs) == 0 {
+	case health != nil:
+		if c.addrs = health.filter(e.addrs()); len(c.addrs) == 0 {
 			if p.down.e == nil {
 				c.addrs = e.addrs()
 				p.down = c

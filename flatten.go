@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"strings"
 	"sync/atomic"
-	"time"
 
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/metrics"
@@ -20,144 +19,58 @@ import (
 
 var log = clog.NewWithPlugin("flatten")
 
-// Defaults of the Corefile options.
-const (
-	defaultMaxDepth   = 8 // the bound *file* uses when it chases CNAMEs (plugin/file/lookup.go)
-	maxMaxDepth       = 16
-	defaultTimeout    = 2 * time.Second
-	defaultTTLMin     = 5
-	defaultTTLMax     = 3600
-	defaultCapacity   = 10000
-	defaultPrefetch   = 0.10
-	defaultServeStale = time.Hour
-	// defaultRefreshRate bounds the upstream queries of background resolution: well under the
-	// per-client limits of public resolvers (Google Public DNS allows 1500 QPS per address), and
-	// far above what a few hundred aliases ever need.
-	defaultRefreshRate = 1000
-	maxRefreshRate     = 1_000_000
-)
-
-// Flatten is the plugin handler.
+// Flatten is the plugin handler of one server block.
 type Flatten struct {
-	Next  plugin.Handler
-	Zones []string
+	Next plugin.Handler
 
-	aliases    aliasTable // the configured aliases, by name (aliases.go)
-	upstreams  []string   // resolver addresses; empty: resolve through this server
-	maxDepth   int
-	timeout    time.Duration
-	ttlMin     uint32
-	ttlMax     uint32
-	capacity   int
-	prefetch   float64
-	serveStale time.Duration
-	// refreshRate is the most upstream queries per second made by background resolution: the
-	// startup round and the scheduled refresh of configured aliases.
-	refreshRate int
+	cfg      *config
+	aliases  aliasTable // the configured aliases, by name (aliases.go)
+	identity string     // what a reloaded instance takes over from (lifecycle.go)
 
-	zoneAliasOn bool         // `zone_alias`
-	zoneAliases *zoneAliases // with zone_alias: the names known to hold ALIAS records
-	cnames      *cnameNames  // `cname NAMES...`
-	ecs         *ecsConfig   // `ecs`; nil when off (ecs.go)
-
-	// explainNets are the clients that may ask for _flatten.NAME TXT; nil without `explain`.
-	explainNets []netip.Prefix
-	// `health_check tcp PORT INTERVAL`: healthPort 0 is off.
-	healthPort     int
-	healthInterval time.Duration
-	healthLine     int
-	health         *healthChecker
-	// keepHealthy drops the addresses health checks found down; nil without `health_check`.
-	keepHealthy func([]dns.RR) []dns.RR
+	bg          *background    // the goroutines of the cache and the health checker
+	cache       *cache         // answers, resolved through self or proxies
+	self        *selfExchanger // set when resolving through this server
+	proxies     *proxyExchanger
+	zoneAliases *zoneAliases   // with `zone_alias`: the names known to hold ALIAS records
+	health      *healthChecker // with `health_check`
 	// metadataOn is set once the *metadata* plugin has asked for our values (metadata.go).
 	metadataOn atomic.Bool
-
-	cache   *cache
-	self    *selfExchanger  // set when resolving through this server
-	proxies *proxyExchanger // set when resolving through upstream addresses
 }
 
-// alias is one configured `alias NAME TARGET...`, as the table of aliases returns it (aliases.go).
-// Its name is the table's key, its zone is found from the name (zoneOf), and a single target (the
-// usual case) is its pair of pinned slots, A and AAAA side by side, which hold the target's name:
-// nothing is held twice.
-type alias struct {
-	one  *pinnedTarget // the single target's slots, once initCache has pinned them
-	more *targetList   // every target: with more than one, or until initCache pins the one
-	cell *aliasCell    // a short name's cell, with its copy of one's entries; nil for a long name
-}
-
-// targetList holds the targets of an alias that has more than one, in order of preference,
-// and per address type (qtypeIndex) the slot of each, in the same order.
-type targetList struct {
-	targets []string
-	slots   [2][]*slot
-}
-
-// zoneOf returns the zone of f.Zones that holds an alias's name, in any case (setup checked
-// there is one).
+// zoneOf returns the zone that holds an alias's name, in any case (setup checked there is one).
 func (f *Flatten) zoneOf(name string) string {
-	if len(f.Zones) == 1 {
-		return f.Zones[0] // the usual server block, without a search
+	if len(f.cfg.zones) == 1 {
+		return f.cfg.zones[0] // the usual server block, without a search
 	}
-	return plugin.Zones(f.Zones).Matches(strings.ToLower(name))
+	return plugin.Zones(f.cfg.zones).Matches(strings.ToLower(name))
 }
 
-// targets returns a's targets (lowercased FQDNs), in order of preference. Not for the answer
-// path: for a single target it allocates the slice.
-func (a alias) targets() []string {
-	if a.more != nil {
-		return a.more.targets
-	}
-	return []string{a.one.slots[0].name}
-}
-
-// slots returns the slot of each target for an address type (qtypeIndex), in targets' order.
-// A single target's slot is appended to buf (empty, with room for one), so that the answer path
-// can pass the caller's array instead of allocating a slice.
-func (a alias) slots(i int, buf []*slot) []*slot {
-	if a.more != nil {
-		return a.more.slots[i]
-	}
-	return append(buf, &a.one.slots[i])
-}
-
-// New returns a Flatten with the default settings and no aliases.
-func New() *Flatten {
-	return &Flatten{
-		aliases:     newAliasTable(),
-		maxDepth:    defaultMaxDepth,
-		timeout:     defaultTimeout,
-		ttlMin:      defaultTTLMin,
-		ttlMax:      defaultTTLMax,
-		capacity:    defaultCapacity,
-		prefetch:    defaultPrefetch,
-		serveStale:  defaultServeStale,
-		refreshRate: defaultRefreshRate,
-	}
-}
-
-// prepare builds the resolution path (upstream, walker, cache) from the settings. It opens no
-// socket and starts no goroutine: that is OnStartup's job.
-func (f *Flatten) prepare(server string) {
+// prepare builds the resolution path (upstream, walker, cache) from the configuration. It opens
+// no socket and starts no goroutine: that is OnStartup's job.
+func (f *Flatten) prepare() {
 	var ex exchanger
-	if len(f.upstreams) == 0 {
+	if len(f.cfg.upstreams) == 0 {
 		f.self = newSelfExchanger()
 		ex = f.self
 	} else {
-		f.proxies = newProxyExchanger(f.upstreams, f.timeout)
+		f.proxies = newProxyExchanger(f.cfg.upstreams, f.cfg.timeout)
 		ex = f.proxies
 	}
-	w := &walker{ex: ex, maxDepth: f.maxDepth}
-	f.initCache(func(ctx context.Context, k cacheKey) (*chain, error) {
-		return w.resolve(withPath(ctx, k.name), k.name, k.qtype)
-	}, server)
-	if f.zoneAliasOn {
-		f.zoneAliases = newZoneAliases(f.capacity)
+	w := &walker{ex: ex, maxDepth: f.cfg.maxDepth}
+	f.build(w.resolve)
+}
+
+// build makes the instance's state in front of resolve: the cache of the configured targets, and
+// what zone_alias and health_check need.
+func (f *Flatten) build(resolve resolveFunc) {
+	f.bg = newBackground()
+	f.identity = identity(f.cfg)
+	f.cache = newCache(f.cfg, resolve, f.aliases.targets(), f.bg)
+	if f.cfg.zoneAlias {
+		f.zoneAliases = newZoneAliases(f.cfg.capacity)
 	}
-	if f.healthPort != 0 {
-		f.health = newHealthChecker(f.healthPort, f.healthInterval, f.aliasAddrs, server)
-		f.keepHealthy = f.health.filter
+	if h := f.cfg.health; h != nil {
+		f.health = newHealthChecker(h.port, h.interval, f.aliasAddrs, f.cfg.server, f.bg)
 	}
 }
 
@@ -166,14 +79,9 @@ func (f *Flatten) prepare(server string) {
 // the prober may call it while queries are served.
 func (f *Flatten) aliasAddrs() []netip.Addr {
 	var out []netip.Addr
-	var one [1]*slot // a single target's slot, without a slice allocated per alias and type
-	f.aliases.eachAlias(func(a alias) {
-		for i := range 2 {
-			for _, s := range a.slots(i, one[:0]) {
-				e := s.good.Load()
-				if e == nil {
-					continue
-				}
+	for _, p := range f.cache.pins {
+		for i := range p.slots {
+			if e := p.slots[i].good.Load(); e != nil {
 				for _, rr := range e.addrs() {
 					if ip, ok := rrAddr(rr); ok {
 						out = append(out, ip)
@@ -181,7 +89,7 @@ func (f *Flatten) aliasAddrs() []netip.Addr {
 				}
 			}
 		}
-	})
+	}
 	return out
 }
 
@@ -199,26 +107,16 @@ func rrAddr(rr dns.RR) (netip.Addr, bool) {
 	return ip.Unmap(), ok
 }
 
-// initCache makes the cache in front of resolve and pins a slot per alias and address type.
-func (f *Flatten) initCache(resolve resolveFunc, server string) {
-	c := newCache(resolve)
-	c.ttlMin, c.ttlMax = f.ttlMin, f.ttlMax
-	c.prefetch, c.stale = f.prefetch, f.serveStale
-	c.timeout, c.capacity, c.server = f.timeout, f.capacity, server
-	c.setRefreshRate(f.refreshRate)
-	// A reloaded instance takes over the entries of the one it replaces: same listener, same
-	// zones, same upstreams (answers resolved elsewhere are not kept).
-	c.identity = server + " " + strings.Join(f.Zones, ",") + " " + strings.Join(f.upstreams, ",")
-	c.base = withServerLabel(c.base, server)
-	f.aliases.pin(c)
-	f.cache = c
-}
-
-// OnStartup takes over the cache of the instance a reload replaces, and starts the upstream
+// OnStartup takes over what the instance a reload replaces knows, and starts the upstream
 // transports and the background resolution of every alias. Resolving through this server, the
 // background work starts with the first query instead: only a query brings the server.
 func (f *Flatten) OnStartup() error {
-	f.cache.adopt()
+	if old := register(f); old != nil {
+		f.cache.adopt(old.cache)
+		if f.health != nil && old.health != nil {
+			f.health.adopt(old.health)
+		}
+	}
 	if f.proxies != nil {
 		f.proxies.start()
 	}
@@ -226,7 +124,6 @@ func (f *Flatten) OnStartup() error {
 		f.cache.start()
 	}
 	if f.health != nil {
-		f.health.adopt(f.cache.identity)
 		f.health.start()
 	}
 	return nil
@@ -235,10 +132,11 @@ func (f *Flatten) OnStartup() error {
 // OnShutdown stops all background work of this instance; it runs on shutdown and when the
 // *reload* plugin replaces the instance.
 func (f *Flatten) OnShutdown() error {
+	unregister(f)
 	if f.health != nil {
 		f.health.stop()
 	}
-	f.cache.stop()
+	f.bg.stop()
 	if f.proxies != nil {
 		f.proxies.stop()
 	}
@@ -267,31 +165,21 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	}
 
 	if !isAddressQuery(r) {
-		if f.explainNets != nil && isExplainQuery(r) {
+		if f.cfg.explainNets != nil && isExplainQuery(r) {
 			return f.explain(ctx, w, r)
 		}
 		return plugin.NextOrFailure(f.Name(), f.Next, ctx, w, r)
 	}
 	qname, qtype := r.Question[0].Name, r.Question[0].Qtype
 
-	// A configured alias: answered from memory, without looking at the zone. The table takes the
-	// name in any case. A fresh answer for a short name comes from its cell, one cache line
-	// (aliases.go); anything else goes through the slots and the failure ladder.
+	// A configured alias: answered from memory, without looking at the zone.
 	if a, ok := f.aliases.get(qname); ok {
-		qi := qtypeIndex(qtype)
-		if a.cell != nil && f.direct(ctx) {
-			if set, exp, ok := a.cell.fresh(qi); ok {
-				if now := f.cache.since(f.cache.now()); now < exp {
-					return f.answerFresh(ctx, w, r, set, exp, now)
-				}
-			}
-		}
 		var one [1]*slot
-		return f.flatten(ctx, w, r, f.zoneOf(qname), math.MaxUint32, a.slots(qi, one[:0]))
+		return f.flatten(ctx, w, r, f.zoneOf(qname), math.MaxUint32, a.slots(qtypeIndex(qtype), one[:0]))
 	}
 	// strings.ToLower does not allocate when the name is already lower case.
 	name := strings.ToLower(qname)
-	zone := plugin.Zones(f.Zones).Matches(name)
+	zone := plugin.Zones(f.cfg.zones).Matches(name)
 	if zone == "" {
 		return plugin.NextOrFailure(f.Name(), f.Next, ctx, w, r)
 	}
@@ -302,30 +190,10 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 			return f.flatten(ctx, w, r, zone, za.ttl, []*slot{s})
 		}
 	}
-	if f.cnames.match(name) {
+	if f.cfg.cnames.match(name) {
 		return f.flattenCNAME(ctx, w, r, zone)
 	}
 	return plugin.NextOrFailure(f.Name(), f.Next, ctx, w, r)
-}
-
-// direct reports whether a fresh answer for an alias with a single target may come from its cell
-// (aliasTable): when nothing but the entry decides the answer. Client networks (`ecs`) have
-// entries of their own, health checks drop addresses, *metadata* wants the chain, and a lookup
-// through this server checks the target against the path that led to it (pick).
-func (f *Flatten) direct(ctx context.Context) bool {
-	return f.ecs == nil && f.keepHealthy == nil && !f.metadataOn.Load() && pathFrom(ctx) == nil
-}
-
-// answerFresh answers from a cell's copy of a fresh entry, what flatten would have answered from
-// the entry itself: the same counters, and the TTL that cache.ttl gives. exp is when the entry
-// stops being fresh, now is before it, and whole seconds are counted as there: the seconds left,
-// rounded up, are the entry's TTL less the whole seconds since it was fetched.
-func (f *Flatten) answerFresh(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, set *addrSet, exp, now int64) (int, error) {
-	server := metrics.WithServer(ctx)
-	requests.WithLabelValues(server).Inc()
-	cacheHits.WithLabelValues(server).Inc()
-	left := uint32((exp - now + int64(time.Second) - 1) / int64(time.Second))
-	return writeAddrs(w, r, set.rrs, f.cache.clampTTL(left))
 }
 
 // writeAddrs writes an authoritative answer of addrs under the question name, exactly as the
@@ -367,14 +235,16 @@ func isAddressQuery(r *dns.Msg) bool {
 func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, zone string, ttlCap uint32, slots []*slot) (int, error) {
 	server := metrics.WithServer(ctx)
 	requests.WithLabelValues(server).Inc()
-	if f.ecs != nil {
+	q := question{server: server, path: pathFrom(ctx)}
+	if f.cfg.ecs != nil {
 		// A malformed ECS option is rejected before anything is looked up (ecs.go).
 		if _, err := clientECS(r); err != nil {
 			return formerr(w, r, err)
 		}
+		q.sub, _ = f.cfg.ecs.subnet(w, r, q.nested())
 	}
 
-	c, rerr := f.pick(ctx, w, r, slots)
+	c, rerr := f.pick(ctx, q, slots)
 	if c.e != nil {
 		switch c.src {
 		case srcFresh:
@@ -410,14 +280,13 @@ func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg,
 // a sixth of a warm hit's CPU in a *pprof* profile under dnsperf).
 //
 //go:noinline
-func (f *Flatten) pick(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, slots []*slot) (candidate, *resolveError) {
-	p := pathFrom(ctx)
+func (f *Flatten) pick(ctx context.Context, q question, slots []*slot) (candidate, *resolveError) {
 	var pk picker
 	for i, s := range slots {
 		target := s.name
 		// A lookup through this server that comes back to a target that is already being
 		// resolved further up is a loop (a flattened name whose chain leads back to itself).
-		if p.contains(target) || p.len() > f.maxDepth {
+		if q.path.contains(target) || q.path.len() > f.cfg.maxDepth {
 			pk.fail(errLoop(target))
 			continue
 		}
@@ -425,95 +294,18 @@ func (f *Flatten) pick(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, sl
 			// The first target had no usable answer: the rest share one timeout, so that a
 			// client waits at most twice the timeout however many targets there are.
 			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, f.timeout)
+			ctx, cancel = context.WithTimeout(ctx, f.cfg.timeout)
 			defer cancel()
 		}
-		e, src, rerr := f.lookup(ctx, w, r, s, p != nil)
-		if pk.add(i, e, src, rerr, f.keepHealthy) {
+		// The key of this target and type, for the client's network when it has one.
+		q.key = cacheKey{name: target, qtype: s.qtype(), scope: subnetOf(q.sub)}
+		e, src, rerr := f.cache.get(ctx, s, q)
+		if pk.add(i, e, src, rerr, f.health) {
 			break
 		}
 	}
 
 	return pk.best(), pk.err
-}
-
-// flattenCNAME answers r from what the plugins below answer: unchanged unless it is a CNAME
-// chain, which is replaced with the addresses at its end under the question name. A chain that
-// leaves the zone is resolved upstream, through the cache, like an alias's target.
-func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, zone string) (int, error) {
-	m, rcode, err := f.askNext(ctx, w, r, r.Question[0].Name, r.Question[0].Qtype)
-	if m == nil {
-		return rcode, err
-	}
-	q := r.Question[0]
-	name := strings.ToLower(q.Name)
-	c := &chain{start: name, ttl: math.MaxUint32}
-	end, ferr := follow(m, name, q.Qtype, c, map[string]bool{name: true}, f.maxDepth)
-	// A zone whose chain leaves it answers SERVFAIL with its part of the chain when it cannot
-	// follow it out (askNext hides the server it would follow it through): flatten follows it.
-	inZone := plugin.Zones(f.Zones).Matches(end) != "" // read below only when follow succeeded
-	leaves := ferr == nil && !inZone
-	failed := m.Rcode != dns.RcodeSuccess && !(m.Rcode == dns.RcodeServerFailure && leaves)
-	if ferr != nil || len(c.hops) == 0 || (failed && len(c.addrs) == 0) || c.hops[0].rrtype == dns.TypeDNAME || synthesizedFromDNAME(m, name) {
-		// Not a chain (or a broken one, or one that ends in NXDOMAIN in the zone), or one that
-		// starts with a CNAME the zone made from a DNAME: the zone's answer stands as it is. A
-		// DNAME maps any name a client makes up to a new target; flattening it would let clients
-		// choose what the upstream is asked, one new question (and cache entry) per made-up name.
-		w.WriteMsg(m)
-		return dns.RcodeSuccess, nil
-	}
-	if len(c.addrs) > 0 {
-		// The plugins below followed the whole chain inside the zone.
-		return writeAddrs(w, r, c.addrs, min(max(c.ttl, f.ttlMin), f.ttlMax))
-	}
-	// The chain ends at a name flattened here: answer with what that name answers with. Asking
-	// upstream would ask the world for our own name (or ourselves, for a loop).
-	if a, ok := f.aliases.get(end); ok {
-		var one [1]*slot
-		return f.flatten(ctx, w, r, zone, c.ttl, a.slots(qtypeIndex(q.Qtype), one[:0]))
-	}
-	if f.zoneAliases != nil && inZone {
-		if za := f.zoneAliasFor(ctx, w, r, end); za.target != "" {
-			s := f.cache.slotFor(cacheKey{name: za.target, qtype: q.Qtype})
-			return f.flatten(ctx, w, r, zone, min(c.ttl, za.ttl), []*slot{s})
-		}
-	}
-	if inZone || hasNegativeSOA(m, end) {
-		// The chain ends inside the zone, or the zone proved its end has no address of the type:
-		// the plugins below already answered it, and it is nobody else's business. NODATA.
-		reply := authoritative(r)
-		if soa := f.zoneSOA(ctx, w, r, zone); soa != nil {
-			soa.Hdr.Ttl = min(soa.Hdr.Ttl, soa.Minttl, max(c.ttl, f.ttlMin))
-			reply.Ns = []dns.RR{soa}
-		}
-		w.WriteMsg(reply)
-		return dns.RcodeSuccess, nil
-	}
-	s := f.cache.slotFor(cacheKey{name: end, qtype: q.Qtype})
-	return f.flatten(ctx, w, r, zone, c.ttl, []*slot{s})
-}
-
-// lookup returns what to answer r with from s, the slot of one target and address type, and
-// where it comes from (cache.get's ladder).
-func (f *Flatten) lookup(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, s *slot, nested bool) (*entry, source, *resolveError) {
-	if f.ecs != nil {
-		// The answer for the client's network, with its own ladder (ecs.go).
-		if sub, ok := f.ecs.subnet(w, r, nested); ok {
-			return f.cache.getECS(ctx, s, sub, nested)
-		}
-	}
-	return f.cache.get(ctx, s, nested)
-}
-
-// synthesizedFromDNAME reports whether the answer holds a DNAME above name: its CNAME for name was
-// synthesized (RFC 6672), not held by the zone.
-func synthesizedFromDNAME(m *dns.Msg, name string) bool {
-	for _, rr := range m.Answer {
-		if rr.Header().Rrtype == dns.TypeDNAME && dns.IsSubDomain(rr.Header().Name, name) {
-			return true
-		}
-	}
-	return false
 }
 
 // answer writes a flattened answer from e: the address RRset under the question name exactly
@@ -523,7 +315,7 @@ func synthesizedFromDNAME(m *dns.Msg, name string) bool {
 func (f *Flatten) answer(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, zone string, e *entry, src source, ttlCap uint32) (int, error) {
 	ttl := f.cache.ttl(e, src, f.cache.now())
 	if src != srcStale {
-		ttl = min(ttl, max(ttlCap, f.ttlMin))
+		ttl = min(ttl, max(ttlCap, f.cfg.ttlMin))
 	}
 	m := authoritative(r)
 	if e.negative() {
@@ -585,39 +377,4 @@ func renamed(addrs []dns.RR, owner string, ttl uint32) []dns.RR {
 		}
 	}
 	return out
-}
-
-// resolvePath is the list of targets being resolved by the lookups that led to the current one,
-// carried in the context of lookups made through this server, to find loops between them.
-type resolvePath struct {
-	target string
-	parent *resolvePath
-}
-
-type pathKey struct{}
-
-func withPath(ctx context.Context, target string) context.Context {
-	return context.WithValue(ctx, pathKey{}, &resolvePath{target: target, parent: pathFrom(ctx)})
-}
-
-func pathFrom(ctx context.Context) *resolvePath {
-	p, _ := ctx.Value(pathKey{}).(*resolvePath)
-	return p
-}
-
-func (p *resolvePath) contains(target string) bool {
-	for ; p != nil; p = p.parent {
-		if p.target == target {
-			return true
-		}
-	}
-	return false
-}
-
-func (p *resolvePath) len() int {
-	n := 0
-	for ; p != nil; p = p.parent {
-		n++
-	}
-	return n
 }

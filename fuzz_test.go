@@ -127,7 +127,7 @@ func FuzzWalker(f *testing.F) {
 		w := &walker{ex: ex, maxDepth: maxDepth}
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		defer cancel()
-		ch, err := w.resolve(ctx, faultTarget, qtype)
+		ch, err := w.resolve(ctx, question{key: cacheKey{name: faultTarget, qtype: qtype}})
 
 		resp := new(dns.Msg)
 		resp.Unpack(data)
@@ -329,10 +329,10 @@ func newFuzzFlatten(tb testing.TB) *Flatten {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	f.prepare("")
-	w := &walker{ex: fuzzUpstream(), maxDepth: f.maxDepth}
+	f.prepare()
+	w := &walker{ex: fuzzUpstream(), maxDepth: f.cfg.maxDepth}
 	f.self = nil
-	f.initCache(func(ctx context.Context, k cacheKey) (*chain, error) { return w.resolve(ctx, k.name, k.qtype) }, "")
+	f.build(w.resolve)
 	f.Next = fuzzZone(tb)
 	tb.Cleanup(func() { f.cache.stop() })
 	return f
@@ -508,33 +508,33 @@ func FuzzParse(f *testing.F) {
 			return
 		}
 		checkParsed(t, fl)
-		fl.prepare("") // builds the resolution path; opens nothing
+		fl.prepare() // builds the resolution path; opens nothing
 	})
 }
 
 // checkParsed checks a Flatten that parse accepted against the README's bounds.
 func checkParsed(t *testing.T, fl *Flatten) {
 	t.Helper()
-	if len(fl.Zones) == 0 {
+	if len(fl.cfg.zones) == 0 {
 		t.Errorf("no zones")
 	}
-	if fl.aliases.len() == 0 && !fl.zoneAliasOn && fl.cnames.empty() {
+	if fl.aliases.len() == 0 && !fl.cfg.zoneAlias && fl.cfg.cnames.empty() {
 		t.Errorf("accepted with nothing to flatten: no alias, zone_alias or cname")
 	}
-	if c := fl.cnames; c != nil {
+	if c := fl.cfg.cnames; c != nil {
 		for name := range c.exact {
-			if !hostname(name) || name != strings.ToLower(name) || plugin.Zones(fl.Zones).Matches(name) == "" {
-				t.Errorf("cname name %q: not a lowercased host name inside %v", name, fl.Zones)
+			if !hostname(name) || name != strings.ToLower(name) || plugin.Zones(fl.cfg.zones).Matches(name) == "" {
+				t.Errorf("cname name %q: not a lowercased host name inside %v", name, fl.cfg.zones)
 			}
 		}
 		for _, sfx := range c.suffixes {
 			zone := strings.TrimPrefix(sfx, ".")
-			if !strings.HasPrefix(sfx, ".") || !hostname(zone) || plugin.Zones(fl.Zones).Matches(zone) == "" {
-				t.Errorf("cname wildcard suffix %q: not '.' and a host name inside %v", sfx, fl.Zones)
+			if !strings.HasPrefix(sfx, ".") || !hostname(zone) || plugin.Zones(fl.cfg.zones).Matches(zone) == "" {
+				t.Errorf("cname wildcard suffix %q: not '.' and a host name inside %v", sfx, fl.cfg.zones)
 			}
 		}
 	}
-	fl.aliases.each(func(k string, a alias) {
+	for k, a := range fl.aliases {
 		targets := a.targets()
 		if k != strings.ToLower(k) || len(targets) == 0 {
 			t.Errorf("alias %q: targets %q, want a lowercased name with a target", k, targets)
@@ -547,30 +547,30 @@ func checkParsed(t *testing.T, fl *Flatten) {
 		if !hostname(k) {
 			t.Errorf("alias %q: not a host name", k)
 		}
-		if z := plugin.Zones(fl.Zones).Matches(k); z == "" || fl.zoneOf(k) != z {
-			t.Errorf("alias %q: zone %q of %v, want %q", k, fl.zoneOf(k), fl.Zones, z)
+		if z := plugin.Zones(fl.cfg.zones).Matches(k); z == "" || fl.zoneOf(k) != z {
+			t.Errorf("alias %q: zone %q of %v, want %q", k, fl.zoneOf(k), fl.cfg.zones, z)
 		}
-	})
+	}
 
-	if fl.maxDepth < 1 || fl.maxDepth > maxMaxDepth {
-		t.Errorf("max_depth %d", fl.maxDepth)
+	if fl.cfg.maxDepth < 1 || fl.cfg.maxDepth > maxMaxDepth {
+		t.Errorf("max_depth %d", fl.cfg.maxDepth)
 	}
-	if fl.timeout <= 0 {
-		t.Errorf("timeout %v", fl.timeout)
+	if fl.cfg.timeout <= 0 {
+		t.Errorf("timeout %v", fl.cfg.timeout)
 	}
-	if fl.ttlMin > fl.ttlMax || fl.ttlMax > 1<<31-1 {
-		t.Errorf("ttl %d %d", fl.ttlMin, fl.ttlMax)
+	if fl.cfg.ttlMin > fl.cfg.ttlMax || fl.cfg.ttlMax > 1<<31-1 {
+		t.Errorf("ttl %d %d", fl.cfg.ttlMin, fl.cfg.ttlMax)
 	}
-	if fl.capacity < 1 {
-		t.Errorf("cache %d", fl.capacity)
+	if fl.cfg.capacity < 1 {
+		t.Errorf("cache %d", fl.cfg.capacity)
 	}
-	if fl.prefetch < 0.01 || fl.prefetch > 0.99 {
-		t.Errorf("prefetch %v", fl.prefetch)
+	if fl.cfg.prefetch < 0.01 || fl.cfg.prefetch > 0.99 {
+		t.Errorf("prefetch %v", fl.cfg.prefetch)
 	}
-	if fl.serveStale < 0 {
-		t.Errorf("serve_stale %v", fl.serveStale)
+	if fl.cfg.serveStale < 0 {
+		t.Errorf("serve_stale %v", fl.cfg.serveStale)
 	}
-	for _, u := range fl.upstreams {
+	for _, u := range fl.cfg.upstreams {
 		_, port, err := net.SplitHostPort(u)
 		if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 1 || n > 65535 {
 			t.Errorf("upstream %q is not host:port", u)

@@ -84,32 +84,21 @@ type healthChecker struct {
 	server   string              // metrics label
 	dial     dialFunc
 	now      func() time.Time
+	bg       *background // the instance's: stop ends the loop and every dial in flight
 
 	snap atomic.Pointer[healthSnapshot]
-	// identity names the checker a reload replaces (adopt).
-	identity string
-
 	// roundMu serializes rounds: each builds the next snapshot from the one before.
-	roundMu sync.Mutex
-
-	base   context.Context // cancelled by stop: ends the loop and every dial in flight
-	cancel context.CancelFunc
-
-	// life orders the start of work against stop, so that nothing is added to wg once stop
-	// waits (a test or a late tick may start a round while stop runs).
-	life    sync.Mutex
-	wg      sync.WaitGroup
-	started bool
-	stopped bool
+	roundMu  sync.Mutex
+	started  atomic.Bool
+	released atomic.Bool
 }
 
 // newHealthChecker returns a checker that, once started, connects to every address addrs returns
-// on TCP port every interval. server is the metrics label.
-func newHealthChecker(port int, interval time.Duration, addrs func() []netip.Addr, server string) *healthChecker {
+// on TCP port every interval, in bg. server is the metrics label.
+func newHealthChecker(port int, interval time.Duration, addrs func() []netip.Addr, server string, bg *background) *healthChecker {
 	if interval <= 0 {
 		interval = defaultHealthInterval
 	}
-	base, cancel := context.WithCancel(context.Background())
 	return &healthChecker{
 		port:     uint16(port), // setup checks that PORT is in 1-65535
 		interval: interval,
@@ -118,83 +107,46 @@ func newHealthChecker(port int, interval time.Duration, addrs func() []netip.Add
 		server:   server,
 		dial:     (&net.Dialer{}).DialContext,
 		now:      time.Now,
-		base:     base,
-		cancel:   cancel,
+		bg:       bg,
 	}
 }
 
 // start starts the background prober: a round now, then one every interval. Calling it again,
 // or after stop, does nothing.
 func (h *healthChecker) start() {
-	h.life.Lock()
-	defer h.life.Unlock()
-	if h.started || h.stopped {
-		return
+	if !h.started.Swap(true) {
+		h.bg.spawn(h.loop)
 	}
-	h.started = true
-	h.wg.Add(1)
-	go h.loop()
 }
 
-// stop stops the prober, cancels the probes in flight and waits until every goroutine of this
-// checker has ended. It may be called more than once, and without start.
+// stop stops the prober (with the rest of the instance's background work), cancels the probes
+// in flight and waits until they have ended. It may be called more than once, and without start.
 func (h *healthChecker) stop() {
-	h.life.Lock()
-	already := h.stopped
-	h.stopped = true
-	h.life.Unlock()
-	if already {
-		return
-	}
-	h.cancel()
-	h.wg.Wait()
-	liveCheckers.Lock()
-	if h.identity != "" && liveCheckers.m[h.identity] == h {
-		delete(liveCheckers.m, h.identity)
-	}
-	liveCheckers.Unlock()
+	h.bg.stop()
 	// Take this checker's addresses out of the gauge: a reloaded instance counts its own.
-	if s := h.snap.Load(); s != nil && s.down > 0 {
+	if s := h.snap.Load(); s != nil && s.down > 0 && !h.released.Swap(true) {
 		healthDownAddrs.WithLabelValues(h.server).Sub(float64(s.down))
 	}
 }
 
 // loop runs a round at start, so that states are known soon, then one every interval.
 func (h *healthChecker) loop() {
-	defer h.wg.Done()
 	t := time.NewTicker(h.interval)
 	defer t.Stop()
 	for {
-		h.probeRound(h.base)
+		h.probeRound(h.bg.ctx)
 		// A round longer than the interval makes the ticker drop ticks: rounds never overlap.
 		select {
-		case <-h.base.Done():
+		case <-h.bg.ctx.Done():
 			return
 		case <-t.C:
 		}
 	}
 }
 
-// round probes every address once, at most maxHealthProbes at a time, and publishes the new
-// states when all probes have ended. It does nothing once the checker is stopped; a round cut
-// short by ctx or stop publishes nothing, since its failures say nothing about the addresses.
-func (h *healthChecker) round(ctx context.Context) {
-	h.life.Lock()
-	if h.stopped {
-		h.life.Unlock()
-		return
-	}
-	h.wg.Add(1)
-	h.life.Unlock()
-	defer h.wg.Done()
-
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	defer context.AfterFunc(h.base, cancel)()
-	h.probeRound(ctx)
-}
-
-// probeRound is round for a caller already counted in wg.
+// probeRound probes every address once, at most maxHealthProbes at a time, and publishes the new
+// states when all probes have ended. A round cut short by ctx publishes nothing, since its
+// failures say nothing about the addresses.
 func (h *healthChecker) probeRound(ctx context.Context) {
 	h.roundMu.Lock()
 	defer h.roundMu.Unlock()
@@ -297,16 +249,6 @@ func (h *healthChecker) probe(ctx context.Context, a netip.Addr) error {
 	return nil
 }
 
-// healthy reports whether a may be served. An address never probed, or probed but not yet
-// failed downAfter times in a row, is usable. It takes no lock and does not allocate.
-func (h *healthChecker) healthy(a netip.Addr) bool {
-	s := h.snap.Load()
-	if s == nil || s.down == 0 {
-		return true
-	}
-	return s.addrs[a.Unmap()].state != healthDown
-}
-
 // status returns what is known about a, for explain. An address not probed (or forgotten) is
 // healthUnknown with zero values.
 func (h *healthChecker) status(a netip.Addr) addrHealth {
@@ -353,24 +295,11 @@ func (s *healthSnapshot) isDown(rr dns.RR) bool {
 	return ok && s.addrs[a].state == healthDown
 }
 
-// liveCheckers holds the running checkers by identity. A Corefile reload starts the new instance
-// before it stops the old one; the new checker takes the old one's states, so that an address
-// that is down stays out of answers across a reload instead of being served again until it has
-// failed two more probes.
-var liveCheckers = struct {
-	sync.Mutex
-	m map[string]*healthChecker
-}{m: map[string]*healthChecker{}}
-
-// adopt registers h under identity and takes the states of the checker it replaces, if that one
-// probes the same port. Call it before start.
-func (h *healthChecker) adopt(identity string) {
-	h.identity = identity
-	liveCheckers.Lock()
-	old := liveCheckers.m[identity]
-	liveCheckers.m[identity] = h
-	liveCheckers.Unlock()
-	if old == nil || old == h || old.port != h.port {
+// adopt takes the states of old, the checker of the instance a reload replaces, if it probes the
+// same port: an address that is down stays out of answers across a reload instead of being served
+// again until it has failed two more probes. Call it before start.
+func (h *healthChecker) adopt(old *healthChecker) {
+	if old.port != h.port {
 		return
 	}
 	if s := old.snap.Load(); s != nil && h.snap.CompareAndSwap(nil, s) && s.down > 0 {

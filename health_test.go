@@ -22,6 +22,28 @@ import (
 // Linux routes all of 127.0.0.0/8 to loopback, so every address below is a distinct local
 // address a test can listen on, or leave closed (the connection is refused at once).
 
+// round probes every address once and publishes the new states, as the prober's loop does; it
+// does nothing once the checker is stopped, and a round cut short by ctx or stop publishes nothing.
+func (h *healthChecker) round(ctx context.Context) {
+	done := make(chan struct{})
+	if !h.bg.spawn(func() {
+		defer close(done)
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		defer context.AfterFunc(h.bg.ctx, cancel)()
+		h.probeRound(ctx)
+	}) {
+		return
+	}
+	<-done
+}
+
+// healthy reports whether a may be served: not marked down (filter's rule for one address).
+func (h *healthChecker) healthy(a netip.Addr) bool {
+	s := h.snap.Load()
+	return s == nil || s.addrs[a.Unmap()].state != healthDown
+}
+
 // healthAddrs is a list of addresses a test changes between rounds.
 type healthAddrs struct {
 	mu sync.Mutex
@@ -141,7 +163,7 @@ func probingGoroutines() int {
 func TestHealthOpenPortIsUp(t *testing.T) {
 	open := lo4(2)
 	port, _ := sharedPort(t, []netip.Addr{open}, listenTCP)
-	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return []netip.Addr{open} }, "test-open")
+	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return []netip.Addr{open} }, "test-open", newBackground())
 	defer h.stop()
 	h.round(context.Background())
 
@@ -159,7 +181,7 @@ func TestHealthDownAfterTwoFailures(t *testing.T) {
 	port, ls := sharedPort(t, []netip.Addr{a}, listenTCP)
 	ap := netip.AddrPortFrom(a, uint16(port))
 	const server = "test-damping"
-	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return []netip.Addr{a} }, server)
+	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return []netip.Addr{a} }, server, newBackground())
 	defer h.stop()
 	ctx := context.Background()
 	upBefore := testutil.ToFloat64(healthProbes.WithLabelValues(server, "up"))
@@ -219,7 +241,7 @@ func TestHealthNeverProbedIsHealthy(t *testing.T) {
 	a, b := lo4(2), lo4(3)
 	port, ls := sharedPort(t, []netip.Addr{a}, listenTCP)
 	ls[0].Close()
-	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return []netip.Addr{a} }, "test-never")
+	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return []netip.Addr{a} }, "test-never", newBackground())
 	defer h.stop()
 
 	if !h.healthy(a) || h.status(a) != (addrHealth{}) || h.status(a).state.String() != "unknown" {
@@ -258,7 +280,7 @@ func TestHealthFilter(t *testing.T) {
 	if haveV6 {
 		ls[2].Close()
 	}
-	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return addrs }, "test-filter")
+	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return addrs }, "test-filter", newBackground())
 	defer h.stop()
 
 	a := func(ip net.IP) dns.RR {
@@ -325,7 +347,7 @@ func TestHealthForgetsUnlistedAddresses(t *testing.T) {
 	list := &healthAddrs{}
 	list.set(kept, gone)
 	const server = "test-forget"
-	h := newHealthChecker(port, time.Hour, list.get, server)
+	h := newHealthChecker(port, time.Hour, list.get, server, newBackground())
 	defer h.stop()
 	ctx := context.Background()
 
@@ -369,7 +391,7 @@ func TestHealthForgetsUnlistedAddresses(t *testing.T) {
 func TestHealthBlackHoleTimesOut(t *testing.T) {
 	a := lo4(2)
 	port, _ := sharedPort(t, []netip.Addr{a}, listenBlackHole)
-	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return []netip.Addr{a} }, "test-blackhole")
+	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return []netip.Addr{a} }, "test-blackhole", newBackground())
 	defer h.stop()
 	h.timeout = 50 * time.Millisecond
 	h.round(context.Background())
@@ -404,7 +426,7 @@ func TestHealthConcurrencyBound(t *testing.T) {
 		addrs[i] = netip.AddrFrom4([4]byte{127, 0, 1, byte(i + 1)})
 	}
 	port, _ := sharedPort(t, addrs, listenBlackHole)
-	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return addrs }, "test-bound")
+	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return addrs }, "test-bound", newBackground())
 	h.timeout = time.Hour // the probes hang until stop cancels them
 	d := &countingDial{}
 	h.dial = d.dial
@@ -446,7 +468,7 @@ func TestHealthStopCancelsHangingProbes(t *testing.T) {
 	before := probingGoroutines()
 	addrs := []netip.Addr{lo4(2), lo4(3), lo4(4)}
 	port, _ := sharedPort(t, addrs, listenBlackHole)
-	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return addrs }, "test-stop")
+	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return addrs }, "test-stop", newBackground())
 	h.timeout = time.Hour // only cancellation ends these probes
 	d := &countingDial{}
 	h.dial = d.dial
@@ -487,7 +509,7 @@ func TestHealthStartStopIdempotent(t *testing.T) {
 	d := &countingDial{}
 
 	var asked atomic.Int64
-	never := newHealthChecker(port, time.Hour, func() []netip.Addr { asked.Add(1); return []netip.Addr{a} }, "test-idem")
+	never := newHealthChecker(port, time.Hour, func() []netip.Addr { asked.Add(1); return []netip.Addr{a} }, "test-idem", newBackground())
 	never.stop() // never started: returns at once
 	never.stop()
 	never.start() // after stop: does nothing
@@ -498,7 +520,7 @@ func TestHealthStartStopIdempotent(t *testing.T) {
 			n, before, asked.Load(), d.started.Load())
 	}
 
-	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return []netip.Addr{a} }, "test-idem")
+	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return []netip.Addr{a} }, "test-idem", newBackground())
 	h.dial = d.dial
 	h.start()
 	h.start()
@@ -526,10 +548,10 @@ func TestHealthGaugeAcrossReload(t *testing.T) {
 	list := func() []netip.Addr { return []netip.Addr{a} }
 
 	// A reload starts the new instance before it stops the old one: both count for a while.
-	old := newHealthChecker(port, time.Hour, list, server)
+	old := newHealthChecker(port, time.Hour, list, server, newBackground())
 	old.round(context.Background())
 	old.round(context.Background())
-	cur := newHealthChecker(port, time.Hour, list, server)
+	cur := newHealthChecker(port, time.Hour, list, server, newBackground())
 	defer cur.stop()
 	cur.round(context.Background())
 	cur.round(context.Background())
@@ -558,7 +580,7 @@ func TestHealthBackgroundRounds(t *testing.T) {
 	before := probingGoroutines()
 	a := lo4(2)
 	port, ls := sharedPort(t, []netip.Addr{a}, listenTCP)
-	h := newHealthChecker(port, 10*time.Millisecond, func() []netip.Addr { return []netip.Addr{a} }, "test-background")
+	h := newHealthChecker(port, 10*time.Millisecond, func() []netip.Addr { return []netip.Addr{a} }, "test-background", newBackground())
 	h.start()
 	defer func() {
 		h.stop()
@@ -578,7 +600,7 @@ func TestHealthBackgroundRounds(t *testing.T) {
 // BenchmarkHealthFilter measures the answer path: a healthy answer while another address is down.
 func BenchmarkHealthFilter(b *testing.B) {
 	up, down := lo4(2), lo4(3)
-	h := newHealthChecker(53, time.Hour, nil, "bench")
+	h := newHealthChecker(53, time.Hour, nil, "bench", newBackground())
 	h.snap.Store(&healthSnapshot{addrs: map[netip.Addr]addrHealth{up: {state: healthUp}, down: {state: healthDown}}, down: 1})
 	rrs := []dns.RR{
 		&dns.A{Hdr: dns.RR_Header{Name: "example.org.", Rrtype: dns.TypeA, Class: dns.ClassINET}, A: net.IP(up.AsSlice()).To16()},

@@ -2,6 +2,7 @@ package flatten
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -384,7 +385,48 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// pin returns the pinned slot for k, pinning its target: what initCache does for each target.
-func (c *cache) pin(k cacheKey) *slot {
-	return &c.pinTarget(k.name).slots[qtypeIndex(k.qtype)]
+// newTestFlatten returns a Flatten with the default settings and no zone or alias.
+func newTestFlatten() *Flatten { return &Flatten{cfg: newConfig(), aliases: aliasTable{}} }
+
+// addAlias configures an alias at name to targets (lowercased FQDNs), as parse does.
+func (f *Flatten) addAlias(name string, targets ...string) {
+	pins := map[string]*pinnedTarget{}
+	for _, a := range f.aliases {
+		for _, p := range a {
+			pins[p.name()] = p
+		}
+	}
+	var a alias
+	for _, target := range targets {
+		if pins[target] == nil {
+			pins[target] = newPinnedTarget(target)
+		}
+		a = append(a, pins[target])
+	}
+	f.aliases[name] = a
 }
+
+// pinnedTargets returns the pinned slots of names, sorted by name as the cache keeps them.
+func pinnedTargets(names ...string) []*pinnedTarget {
+	t := aliasTable{}
+	for i, name := range names {
+		t[fmt.Sprintf("a%d.", i)] = alias{newPinnedTarget(name)}
+	}
+	return t.targets()
+}
+
+// pinned returns the pinned slot of a configured target for k.
+func (c *cache) pin(k cacheKey) *slot {
+	return &c.pinned(k.name).slots[qtypeIndex(k.qtype)]
+}
+
+// len is the number of slots, pinned and on demand.
+func (c *cache) len() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.slots) + 2*len(c.pins)
+}
+
+// stop ends the cache's background work and waits for it (Flatten.OnShutdown stops the
+// instance's).
+func (c *cache) stop() { c.bg.stop() }

@@ -36,7 +36,8 @@ func (u *switchableUpstream) count() int {
 	return u.asked
 }
 
-func (u *switchableUpstream) exchange(_ context.Context, name string, qtype uint16) (*dns.Msg, error) {
+func (u *switchableUpstream) exchange(_ context.Context, q question, name string) (*dns.Msg, error) {
+	qtype := q.key.qtype
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.asked++
@@ -82,11 +83,11 @@ func zoneBelow(fallback bool) test.HandlerFunc {
 // newLadderFlatten is a Flatten for example.org -> client1.example.net over up, with an injected
 // clock, not started: tests drive the cache directly.
 func newLadderFlatten(up exchanger, clk *fakeClock, fallback bool) *Flatten {
-	f := New()
-	f.Zones = []string{"example.org."}
-	f.aliases.add("example.org.", []string{"client1.example.net."})
+	f := newTestFlatten()
+	f.cfg.zones = []string{"example.org."}
+	f.addAlias("example.org.", []string{"client1.example.net."}...)
 	w := &walker{ex: up, maxDepth: defaultMaxDepth}
-	f.initCache(func(ctx context.Context, k cacheKey) (*chain, error) { return w.resolve(ctx, k.name, k.qtype) }, "")
+	f.build(w.resolve)
 	f.cache.now = clk.now
 	f.Next = zoneBelow(fallback)
 	return f
@@ -115,7 +116,7 @@ func TestFailureLadder(t *testing.T) {
 			clk := newFakeClock()
 			up := &switchableUpstream{}
 			f := newLadderFlatten(up, clk, fallback)
-			f.cache.stale = 10 * time.Minute
+			f.cfg.serveStale = 10 * time.Minute
 
 			// 1. fresh
 			m := serve(t, f, dns.TypeA, true)
@@ -191,7 +192,7 @@ func TestMetrics(t *testing.T) {
 	clk := newFakeClock()
 	up := &switchableUpstream{}
 	f := newLadderFlatten(up, clk, true)
-	f.cache.stale = time.Minute
+	f.cfg.serveStale = time.Minute
 	get := func() map[string]float64 {
 		return map[string]float64{
 			"requests": testutil.ToFloat64(requests.WithLabelValues("")),

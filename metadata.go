@@ -16,24 +16,14 @@ const (
 	metaChain  = "flatten/chain"  // the chain followed: "a.example. -> b.example."
 )
 
-// answerNote is what a flattened query's answer came from, filled in by flatten and read by the
-// metadata functions once the answer is written (when *log* runs).
-type answerNote struct {
-	target, source string
-	hops           []hop
-}
-
-type noteKey struct{}
-
 // Metadata implements metadata.Provider. It runs before ServeDNS for every query when *metadata*
-// is in the server block; the values are computed only when read, from the note flatten leaves.
-func (f *Flatten) Metadata(ctx context.Context, state request.Request) context.Context {
+// is in the server block. The labels are empty until a flattened answer sets them (noteAnswer).
+func (f *Flatten) Metadata(ctx context.Context, _ request.Request) context.Context {
 	f.metadataOn.Store(true)
-	n := &answerNote{}
-	metadata.SetValueFunc(ctx, metaTarget, func() string { return n.target })
-	metadata.SetValueFunc(ctx, metaSource, func() string { return n.source })
-	metadata.SetValueFunc(ctx, metaChain, func() string { return chainString(n.target, n.hops) })
-	return context.WithValue(ctx, noteKey{}, n)
+	for _, label := range []string{metaTarget, metaSource, metaChain} {
+		metadata.SetValueFunc(ctx, label, func() string { return "" })
+	}
+	return ctx
 }
 
 // noteAnswer records where a flattened answer came from, for the metadata functions: the target,
@@ -45,12 +35,14 @@ func (f *Flatten) noteAnswer(ctx context.Context, target, source string, e *entr
 	if !f.metadataOn.Load() {
 		return
 	}
-	if n, ok := ctx.Value(noteKey{}).(*answerNote); ok {
-		n.target, n.source, n.hops = target, source, nil
-		if e != nil {
-			n.hops = e.hops()
+	metadata.SetValueFunc(ctx, metaTarget, func() string { return target })
+	metadata.SetValueFunc(ctx, metaSource, func() string { return source })
+	metadata.SetValueFunc(ctx, metaChain, func() string {
+		if e == nil {
+			return chainString(target, nil)
 		}
-	}
+		return chainString(target, e.hops())
+	})
 }
 
 // chainString spells a followed chain from target: every hop's name, ending at the name that

@@ -1,10 +1,7 @@
 package flatten
 
 import (
-	"context"
-
 	"github.com/coredns/coredns/plugin"
-	"github.com/coredns/coredns/plugin/metrics"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
@@ -128,19 +125,3 @@ var (
 		Help:      "The number of target addresses marked down by health checks.",
 	}, []string{"server"})
 )
-
-// serverLabel is the `server` label: the listener a query came through, or for background work
-// the one the cache was made for (withServerLabel).
-func serverLabel(ctx context.Context) string {
-	if s := metrics.WithServer(ctx); s != "" {
-		return s
-	}
-	s, _ := ctx.Value(serverLabelKey{}).(string)
-	return s
-}
-
-type serverLabelKey struct{}
-
-func withServerLabel(ctx context.Context, server string) context.Context {
-	return context.WithValue(ctx, serverLabelKey{}, server)
-}

@@ -10,12 +10,13 @@ import (
 	"github.com/miekg/dns"
 )
 
-// exchanger sends one question (name, qtype, class IN) to an upstream and returns its answer.
+// exchanger sends one question (name, q's type, class IN, for q's client network) to an upstream
+// and returns its answer.
 // Implementations check the answer's header and question against what was asked and discard
 // anything that does not match; the walker only ever sees answers to its own questions.
 // It is the seam where tests put a fake and where the two kinds of upstream live (upstream.go).
 type exchanger interface {
-	exchange(ctx context.Context, name string, qtype uint16) (*dns.Msg, error)
+	exchange(ctx context.Context, q question, name string) (*dns.Msg, error)
 }
 
 // hop is one link of a followed chain: to target, with the TTL of the record that made it. Its
@@ -137,14 +138,15 @@ type walker struct {
 	maxDepth int
 }
 
-// resolve walks the chain that starts at target (a lowercased FQDN) for qtype (A or AAAA).
+// resolve walks the chain that starts at q's target (a lowercased FQDN) for its type (A or AAAA).
 //
 // Only records whose owner is on the chain are used: an upstream answer's other records, in any
 // section, are ignored, so extra records cannot poison what is served. When an answer stops at a
 // CNAME whose target it does not include (an authoritative server answering for its own zone
 // only), the next name is asked for. A name seen twice is a loop; more than maxDepth hops is a
 // failure.
-func (w *walker) resolve(ctx context.Context, target string, qtype uint16) (*chain, error) {
+func (w *walker) resolve(ctx context.Context, q question) (*chain, error) {
+	target, qtype := q.key.name, q.key.qtype
 	c := &chain{start: target, ttl: math.MaxUint32}
 	visited := map[string]bool{target: true}
 	name := target
@@ -152,10 +154,12 @@ func (w *walker) resolve(ctx context.Context, target string, qtype uint16) (*cha
 		if err := ctx.Err(); err != nil {
 			return nil, errTimeout(name)
 		}
-		if err := pace(ctx, hop); err != nil {
+		// A background refresh waits its turn before each question but the first, which the
+		// refresher waited for.
+		if q.pace != nil && hop > 0 && q.pace.Wait(ctx) != nil {
 			return nil, errTimeout(name)
 		}
-		resp, err := w.ex.exchange(ctx, name, qtype)
+		resp, err := w.ex.exchange(ctx, q, name)
 		if err != nil {
 			return nil, asResolveError(name, err)
 		}

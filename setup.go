@@ -25,7 +25,8 @@ func setup(c *caddy.Controller) error {
 	if err != nil {
 		return plugin.Error("flatten", err)
 	}
-	f.prepare(configServerLabel(dnsserver.GetConfig(c)))
+	f.cfg.server = configServerLabel(dnsserver.GetConfig(c))
+	f.prepare()
 
 	c.OnStartup(f.OnStartup)
 	c.OnShutdown(f.OnShutdown)
@@ -53,7 +54,9 @@ func configServerLabel(cfg *dnsserver.Config) string {
 
 // parse reads the flatten block. Every error names the line it is on.
 func parse(c *caddy.Controller) (*Flatten, error) {
-	f := New()
+	f := &Flatten{cfg: newConfig(), aliases: aliasTable{}}
+	// The configured targets, each pinned once however many aliases name it.
+	pins := map[string]*pinnedTarget{}
 	blocks := 0
 	for c.Next() {
 		if blocks++; blocks > 1 {
@@ -66,8 +69,8 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 				return nil, c.Errf("zone '%s' is not a valid domain name", z)
 			}
 		}
-		f.Zones = plugin.OriginsFromArgsOrServerBlock(zones, c.ServerBlockKeys)
-		if len(f.Zones) == 0 {
+		f.cfg.zones = plugin.OriginsFromArgsOrServerBlock(zones, c.ServerBlockKeys)
+		if len(f.cfg.zones) == 0 {
 			return nil, c.Errf("no zones to flatten in")
 		}
 		seen := map[string]bool{}
@@ -80,7 +83,7 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 			var err error
 			switch opt {
 			case "alias":
-				err = f.parseAlias(c)
+				err = f.parseAlias(c, pins)
 			case "upstream":
 				err = f.parseUpstream(c)
 			case "max_depth":
@@ -103,7 +106,7 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 				err = f.parseHealthCheck(c)
 			case "zone_alias":
 				_, err = args(c, 0)
-				f.zoneAliasOn = true
+				f.cfg.zoneAlias = true
 			case "cname":
 				err = f.parseCNAME(c)
 			case "ecs":
@@ -116,11 +119,11 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 			}
 		}
 	}
-	if f.healthPort != 0 && f.aliases.len() == 0 {
+	if f.cfg.health != nil && f.aliases.len() == 0 {
 		return nil, fmt.Errorf("%s:%d - Error during parsing: health_check probes the addresses of 'alias' targets, and there is no alias",
-			c.File(), f.healthLine)
+			c.File(), f.cfg.health.line)
 	}
-	if f.aliases.len() == 0 && !f.zoneAliasOn && f.cnames.empty() {
+	if f.aliases.len() == 0 && !f.cfg.zoneAlias && f.cfg.cnames.empty() {
 		return nil, c.Errf("nothing to flatten: give at least one 'alias NAME TARGET', 'zone_alias' or 'cname NAMES...'")
 	}
 	return f, nil
@@ -137,7 +140,8 @@ func args(c *caddy.Controller, n int) ([]string, error) {
 }
 
 // parseAlias reads `alias NAME TARGET [TARGET...]`: the targets are tried in order (failover).
-func (f *Flatten) parseAlias(c *caddy.Controller) error {
+// pins holds the targets of the aliases read before, by name.
+func (f *Flatten) parseAlias(c *caddy.Controller, pins map[string]*pinnedTarget) error {
 	a := c.RemainingArgs()
 	if len(a) < 2 {
 		return c.Errf("'alias' takes a NAME and at least 1 TARGET, got %d argument(s): %v", len(a), a)
@@ -146,10 +150,11 @@ func (f *Flatten) parseAlias(c *caddy.Controller) error {
 	if err != nil {
 		return err
 	}
-	if _, dup := f.aliases.get(name); dup {
+	if _, dup := f.aliases[name]; dup {
 		return c.Errf("alias '%s' is defined more than once", name)
 	}
 	var targets []string
+	var a2 alias
 	for _, t := range a[1:] {
 		target := strings.ToLower(t)
 		if !strings.HasSuffix(target, ".") {
@@ -165,9 +170,14 @@ func (f *Flatten) parseAlias(c *caddy.Controller) error {
 			return c.Errf("alias '%s' lists target '%s' more than once", a[0], t)
 		}
 		targets = append(targets, target)
+		p := pins[target]
+		if p == nil {
+			p = newPinnedTarget(target)
+			pins[target] = p
+		}
+		a2 = append(a2, p)
 	}
-	// Every alias keeps its targets in a list until initCache pins them.
-	f.aliases.add(name, targets)
+	f.aliases[name] = a2
 	return nil
 }
 
@@ -177,26 +187,26 @@ func (f *Flatten) aliasName(c *caddy.Controller, s string) (string, error) {
 	var name string
 	switch {
 	case s == "@":
-		if len(f.Zones) != 1 {
-			return "", c.Errf("alias name '@' needs exactly one zone, have %d: %v", len(f.Zones), f.Zones)
+		if len(f.cfg.zones) != 1 {
+			return "", c.Errf("alias name '@' needs exactly one zone, have %d: %v", len(f.cfg.zones), f.cfg.zones)
 		}
-		name = f.Zones[0]
+		name = f.cfg.zones[0]
 	case strings.HasSuffix(s, "."):
 		name = strings.ToLower(s)
 	default:
-		if len(f.Zones) != 1 {
-			return "", c.Errf("relative alias name '%s' needs exactly one zone, have %d; write it as an absolute name", s, len(f.Zones))
+		if len(f.cfg.zones) != 1 {
+			return "", c.Errf("relative alias name '%s' needs exactly one zone, have %d; write it as an absolute name", s, len(f.cfg.zones))
 		}
-		name = strings.ToLower(s) + "." + f.Zones[0]
-		if f.Zones[0] == "." {
+		name = strings.ToLower(s) + "." + f.cfg.zones[0]
+		if f.cfg.zones[0] == "." {
 			name = strings.ToLower(s) + "."
 		}
 	}
 	if !hostname(name) {
 		return "", c.Errf("alias name '%s' is not a valid host name", s)
 	}
-	if plugin.Zones(f.Zones).Matches(name) == "" {
-		return "", c.Errf("alias name '%s' is not inside the zones %v", s, f.Zones)
+	if plugin.Zones(f.cfg.zones).Matches(name) == "" {
+		return "", c.Errf("alias name '%s' is not inside the zones %v", s, f.cfg.zones)
 	}
 	return name, nil
 }
@@ -208,36 +218,36 @@ func (f *Flatten) parseCNAME(c *caddy.Controller) error {
 	if len(a) == 0 {
 		return c.Errf("'cname' takes at least 1 argument: the names whose CNAME answers are flattened")
 	}
-	if f.cnames == nil {
-		f.cnames = &cnameNames{exact: map[string]bool{}}
+	if f.cfg.cnames == nil {
+		f.cfg.cnames = &cnameNames{exact: map[string]bool{}}
 	}
 	for _, s := range a {
 		switch {
 		case s == "*":
-			f.cnames.all = true
+			f.cfg.cnames.all = true
 		case s == "@":
-			if len(f.Zones) != 1 {
-				return c.Errf("cname name '@' needs exactly one zone, have %d: %v", len(f.Zones), f.Zones)
+			if len(f.cfg.zones) != 1 {
+				return c.Errf("cname name '@' needs exactly one zone, have %d: %v", len(f.cfg.zones), f.cfg.zones)
 			}
-			f.cnames.exact[f.Zones[0]] = true
+			f.cfg.cnames.exact[f.cfg.zones[0]] = true
 		case strings.HasPrefix(s, "*."):
 			zone := strings.ToLower(s[2:])
 			if !strings.HasSuffix(zone, ".") || !hostname(zone) {
 				return c.Errf("cname wildcard '%s' must be '*.' followed by an absolute host name", s)
 			}
-			if plugin.Zones(f.Zones).Matches(zone) == "" {
-				return c.Errf("cname wildcard '%s' is not inside the zones %v", s, f.Zones)
+			if plugin.Zones(f.cfg.zones).Matches(zone) == "" {
+				return c.Errf("cname wildcard '%s' is not inside the zones %v", s, f.cfg.zones)
 			}
-			f.cnames.suffixes = append(f.cnames.suffixes, "."+zone)
+			f.cfg.cnames.suffixes = append(f.cfg.cnames.suffixes, "."+zone)
 		default:
 			name := strings.ToLower(s)
 			if !strings.HasSuffix(name, ".") || !hostname(name) {
 				return c.Errf("cname name '%s' must be an absolute host name (end with a dot), '@', '*.ZONE' or '*'", s)
 			}
-			if plugin.Zones(f.Zones).Matches(name) == "" {
-				return c.Errf("cname name '%s' is not inside the zones %v", s, f.Zones)
+			if plugin.Zones(f.cfg.zones).Matches(name) == "" {
+				return c.Errf("cname name '%s' is not inside the zones %v", s, f.cfg.zones)
 			}
-			f.cnames.exact[name] = true
+			f.cfg.cnames.exact[name] = true
 		}
 	}
 	return nil
@@ -267,7 +277,7 @@ func (f *Flatten) parseUpstream(c *caddy.Controller) error {
 			return c.Errf("upstream '%s': not an address with a port from 1 to 65535", h)
 		}
 	}
-	f.upstreams = hosts
+	f.cfg.upstreams = hosts
 	return nil
 }
 
@@ -300,7 +310,7 @@ func (f *Flatten) parseMaxDepth(c *caddy.Controller) error {
 	if err != nil {
 		return err
 	}
-	f.maxDepth = n
+	f.cfg.maxDepth = n
 	return nil
 }
 
@@ -329,7 +339,7 @@ func (f *Flatten) parseTimeout(c *caddy.Controller) error {
 	if d <= 0 {
 		return c.Errf("timeout '%s' must be greater than zero", a[0])
 	}
-	f.timeout = d
+	f.cfg.timeout = d
 	return nil
 }
 
@@ -350,7 +360,7 @@ func (f *Flatten) parseTTL(c *caddy.Controller) error {
 	if v[0] > v[1] {
 		return c.Errf("ttl MIN %d is above MAX %d", v[0], v[1])
 	}
-	f.ttlMin, f.ttlMax = v[0], v[1]
+	f.cfg.ttlMin, f.cfg.ttlMax = v[0], v[1]
 	return nil
 }
 
@@ -363,7 +373,7 @@ func (f *Flatten) parseCache(c *caddy.Controller) error {
 	if err != nil || n < 1 {
 		return c.Errf("cache capacity '%s' must be a positive whole number", a[0])
 	}
-	f.capacity = n
+	f.cfg.capacity = n
 	return nil
 }
 
@@ -371,7 +381,7 @@ func (f *Flatten) parsePrefetch(c *caddy.Controller) error {
 	a := c.RemainingArgs()
 	switch len(a) {
 	case 0:
-		f.prefetch = defaultPrefetch
+		f.cfg.prefetch = defaultPrefetch
 		return nil
 	case 1:
 	default:
@@ -382,7 +392,7 @@ func (f *Flatten) parsePrefetch(c *caddy.Controller) error {
 	if !ok || err != nil || n < 1 || n > 99 {
 		return c.Errf("prefetch '%s' must be a percentage from 1%% to 99%%", a[0])
 	}
-	f.prefetch = float64(n) / 100
+	f.cfg.prefetch = float64(n) / 100
 	return nil
 }
 
@@ -390,7 +400,7 @@ func (f *Flatten) parseServeStale(c *caddy.Controller) error {
 	a := c.RemainingArgs()
 	switch len(a) {
 	case 0:
-		f.serveStale = defaultServeStale
+		f.cfg.serveStale = defaultServeStale
 		return nil
 	case 1:
 	default:
@@ -403,7 +413,7 @@ func (f *Flatten) parseServeStale(c *caddy.Controller) error {
 	if d < 0 {
 		return c.Errf("serve_stale '%s' must not be negative", a[0])
 	}
-	f.serveStale = d
+	f.cfg.serveStale = d
 	return nil
 }
 
@@ -416,7 +426,7 @@ func (f *Flatten) parseRefreshRate(c *caddy.Controller) error {
 	if err != nil {
 		return err
 	}
-	f.refreshRate = n
+	f.cfg.refreshRate = n
 	return nil
 }
 
@@ -425,10 +435,10 @@ func (f *Flatten) parseRefreshRate(c *caddy.Controller) error {
 func (f *Flatten) parseExplain(c *caddy.Controller) error {
 	a := c.RemainingArgs()
 	if len(a) == 0 {
-		f.explainNets = defaultExplainNets
+		f.cfg.explainNets = defaultExplainNets
 		return nil
 	}
-	f.explainNets = []netip.Prefix{}
+	f.cfg.explainNets = []netip.Prefix{}
 	for _, s := range a {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
@@ -438,7 +448,7 @@ func (f *Flatten) parseExplain(c *caddy.Controller) error {
 			}
 			p = netip.PrefixFrom(ip, ip.BitLen())
 		}
-		f.explainNets = append(f.explainNets, p.Masked())
+		f.cfg.explainNets = append(f.cfg.explainNets, p.Masked())
 	}
 	return nil
 }
@@ -456,7 +466,7 @@ func (f *Flatten) parseHealthCheck(c *caddy.Controller) error {
 	if err != nil {
 		return err
 	}
-	f.healthPort, f.healthInterval = port, defaultHealthInterval
+	h := &healthConfig{port: port, interval: defaultHealthInterval, line: c.Line()}
 	if len(a) == 3 {
 		d, err := time.ParseDuration(a[2])
 		if err != nil {
@@ -465,9 +475,9 @@ func (f *Flatten) parseHealthCheck(c *caddy.Controller) error {
 		if d < minHealthInterval {
 			return c.Errf("health_check interval '%s' must be at least %s", a[2], minHealthInterval)
 		}
-		f.healthInterval = d
+		h.interval = d
 	}
-	f.healthLine = c.Line() // for the check at the end of the block, once every alias is read
+	f.cfg.health = h
 	return nil
 }
 
@@ -489,6 +499,6 @@ func (f *Flatten) parseECS(c *caddy.Controller) error {
 		}
 		*bits = n
 	}
-	f.ecs = e
+	f.cfg.ecs = e
 	return nil
 }

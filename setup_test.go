@@ -76,14 +76,14 @@ type settings struct {
 
 func settingsOf(f *Flatten) settings {
 	return settings{
-		maxDepth:   f.maxDepth,
-		timeout:    f.timeout,
-		ttlMin:     f.ttlMin,
-		ttlMax:     f.ttlMax,
-		capacity:   f.capacity,
-		prefetch:   f.prefetch,
-		serveStale: f.serveStale,
-		refresh:    f.refreshRate,
+		maxDepth:   f.cfg.maxDepth,
+		timeout:    f.cfg.timeout,
+		ttlMin:     f.cfg.ttlMin,
+		ttlMax:     f.cfg.ttlMax,
+		capacity:   f.cfg.capacity,
+		prefetch:   f.cfg.prefetch,
+		serveStale: f.cfg.serveStale,
+		refresh:    f.cfg.refreshRate,
 	}
 }
 
@@ -118,11 +118,11 @@ func TestParseDefaults(t *testing.T) {
 	if got := settingsOf(f); got != defaultSettings {
 		t.Errorf("Test 0: expected the defaultSettings %+v, got %+v", defaultSettings, got)
 	}
-	if len(f.upstreams) != 0 {
-		t.Errorf("Test 0: expected no upstreams (resolve through this server), got %q", f.upstreams)
+	if len(f.cfg.upstreams) != 0 {
+		t.Errorf("Test 0: expected no upstreams (resolve through this server), got %q", f.cfg.upstreams)
 	}
-	if want := []string{"example.org."}; !slices.Equal(f.Zones, want) {
-		t.Errorf("Test 0: expected zones %v, got %v", want, f.Zones)
+	if want := []string{"example.org."}; !slices.Equal(f.cfg.zones, want) {
+		t.Errorf("Test 0: expected zones %v, got %v", want, f.cfg.zones)
 	}
 	a, ok := f.aliases.get("example.org.")
 	if f.aliases.len() != 1 || !ok {
@@ -390,8 +390,8 @@ func TestParseAlias(t *testing.T) {
 		if !checkParseErr(t, i, err, tc.shouldErr, tc.expectedErr, tc.line) {
 			continue
 		}
-		if !slices.Equal(f.Zones, tc.expectedZones) {
-			t.Errorf("Test %d: expected zones %v, got %v", i, tc.expectedZones, f.Zones)
+		if !slices.Equal(f.cfg.zones, tc.expectedZones) {
+			t.Errorf("Test %d: expected zones %v, got %v", i, tc.expectedZones, f.cfg.zones)
 		}
 		if f.aliases.len() != len(tc.expectedAliases) {
 			t.Errorf("Test %d: expected %d aliases, got %d", i, len(tc.expectedAliases), f.aliases.len())
@@ -543,8 +543,8 @@ func TestParseUpstream(t *testing.T) {
 		if !checkParseErr(t, i, err, tc.shouldErr, tc.expectedErr, tc.line) {
 			continue
 		}
-		if !slices.Equal(f.upstreams, tc.expectedUpstreams) {
-			t.Errorf("Test %d: expected upstreams %q, got %q", i, tc.expectedUpstreams, f.upstreams)
+		if !slices.Equal(f.cfg.upstreams, tc.expectedUpstreams) {
+			t.Errorf("Test %d: expected upstreams %q, got %q", i, tc.expectedUpstreams, f.cfg.upstreams)
 		}
 	}
 }
@@ -604,8 +604,8 @@ func TestParseArgErrorsAndDNSScheme(t *testing.T) {
 		if !checkParseErr(t, i, err, tc.shouldErr, tc.expectedErr, tc.line) {
 			continue
 		}
-		if !slices.Equal(f.upstreams, tc.expectedUpstreams) {
-			t.Errorf("Test %d: expected upstreams %q, got %q", i, tc.expectedUpstreams, f.upstreams)
+		if !slices.Equal(f.cfg.upstreams, tc.expectedUpstreams) {
+			t.Errorf("Test %d: expected upstreams %q, got %q", i, tc.expectedUpstreams, f.cfg.upstreams)
 		}
 	}
 }
@@ -1160,10 +1160,10 @@ func TestParseExplain(t *testing.T) {
 			continue
 		}
 		var got []string
-		for _, p := range f.explainNets {
+		for _, p := range f.cfg.explainNets {
 			got = append(got, p.String())
 		}
-		if !slices.Equal(got, tc.expected) || (tc.expected == nil) != (f.explainNets == nil) {
+		if !slices.Equal(got, tc.expected) || (tc.expected == nil) != (f.cfg.explainNets == nil) {
 			t.Errorf("Test %d: explain CIDRs %v, want %v", i, got, tc.expected)
 		}
 	}
@@ -1244,8 +1244,13 @@ func TestParseHealthCheck(t *testing.T) {
 		if !checkParseErr(t, i, err, tc.shouldErr, tc.expectedErr, tc.line) {
 			continue
 		}
-		if f.healthPort != tc.port || f.healthInterval != tc.interval {
-			t.Errorf("Test %d: health_check %d every %s, want %d every %s", i, f.healthPort, f.healthInterval, tc.port, tc.interval)
+		var port int
+		var interval time.Duration
+		if h := f.cfg.health; h != nil {
+			port, interval = h.port, h.interval
+		}
+		if port != tc.port || interval != tc.interval {
+			t.Errorf("Test %d: health_check %d every %s, want %d every %s", i, port, interval, tc.port, tc.interval)
 		}
 	}
 }

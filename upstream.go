@@ -68,7 +68,7 @@ func (s *selfExchanger) observe(ctx context.Context) bool {
 
 var errNoServer = &resolveError{dns.ExtendedErrorCodeNotReady, reasonNoServer, "no query has reached this server yet to resolve through"}
 
-func (s *selfExchanger) exchange(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
+func (s *selfExchanger) exchange(ctx context.Context, q question, name string) (*dns.Msg, error) {
 	if _, ok := ctx.Value(dnsserver.Key{}).(*dnsserver.Server); !ok {
 		srv := s.server.Load()
 		if srv == nil {
@@ -76,24 +76,64 @@ func (s *selfExchanger) exchange(ctx context.Context, name string, qtype uint16)
 		}
 		ctx = context.WithValue(ctx, dnsserver.Key{}, srv)
 	}
-	q := newQuery(name, qtype)
-	addECS(ctx, q)
-	upstreamQueries.WithLabelValues(serverLabel(ctx)).Inc()
+	// The lookup goes through the whole server and reaches flatten again (a target flattened
+	// here, or a chain that comes back): the path of targets crosses the server in the context.
+	ctx = withPath(ctx, &resolvePath{target: q.key.name, parent: q.path})
+	m := newQuery(name, q.key.qtype)
+	addECS(m, q.sub)
+	upstreamQueries.WithLabelValues(q.server).Inc()
 	// The server wraps our writer in a scrub writer that truncates for the "client"; a TCP
 	// writer makes it leave the whole answer in place.
-	resp, err := s.up.Lookup(ctx, request.Request{W: selfWriter{}, Req: q}, name, qtype)
+	resp, err := s.up.Lookup(ctx, request.Request{W: selfWriter{}, Req: m}, name, q.key.qtype)
 	if err == nil && resp == nil {
 		err = errMalformed(name, "no answer from the plugin chain")
 	}
 	if err == nil {
-		err = checkAnswer(q, resp)
+		err = checkAnswer(m, resp)
 	}
 	if err != nil {
 		re := asResolveError(name, err)
-		upstreamErrors.WithLabelValues(serverLabel(ctx), re.reason).Inc()
+		upstreamErrors.WithLabelValues(q.server, re.reason).Inc()
 		return nil, re
 	}
 	return resp, nil
+}
+
+// resolvePath is the list of targets being resolved by the lookups through this server that led
+// to the current one, to find loops between them. It is the one value flatten puts in a context:
+// only there does it cross the server to the nested query (ServeDNS reads it back).
+type resolvePath struct {
+	target string
+	parent *resolvePath
+}
+
+type pathKey struct{}
+
+func withPath(ctx context.Context, p *resolvePath) context.Context {
+	return context.WithValue(ctx, pathKey{}, p)
+}
+
+// pathFrom returns the path of a nested lookup's query; nil for a client's.
+func pathFrom(ctx context.Context) *resolvePath {
+	p, _ := ctx.Value(pathKey{}).(*resolvePath)
+	return p
+}
+
+func (p *resolvePath) contains(target string) bool {
+	for ; p != nil; p = p.parent {
+		if p.target == target {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *resolvePath) len() int {
+	n := 0
+	for ; p != nil; p = p.parent {
+		n++
+	}
+	return n
 }
 
 // selfWriter stands in for a client on lookups that flatten makes through its own server. Only
@@ -148,11 +188,11 @@ var proxyLocal = &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}
 func (proxyWriter) LocalAddr() net.Addr  { return proxyLocal }
 func (proxyWriter) RemoteAddr() net.Addr { return proxyLocal }
 
-func (pe *proxyExchanger) exchange(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
-	q := newQuery(name, qtype)
-	addECS(ctx, q)
-	state := request.Request{W: proxyWriter{}, Req: q}
-	server := serverLabel(ctx)
+func (pe *proxyExchanger) exchange(ctx context.Context, q question, name string) (*dns.Msg, error) {
+	m := newQuery(name, q.key.qtype)
+	addECS(m, q.sub)
+	state := request.Request{W: proxyWriter{}, Req: m}
+	server := q.server
 
 	// Resolvers that are up first, in configured order, then the ones marked down: when every
 	// resolver is down we still try them rather than fail without asking.

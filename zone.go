@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/pkg/nonwriter"
 
 	"github.com/miekg/dns"
@@ -188,6 +190,73 @@ func (c *cnameNames) match(name string) bool {
 	}
 	for _, s := range c.suffixes {
 		if strings.HasSuffix(name, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// flattenCNAME answers r from what the plugins below answer: unchanged unless it is a CNAME
+// chain, which is replaced with the addresses at its end under the question name. A chain that
+// leaves the zone is resolved upstream, through the cache, like an alias's target.
+func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, zone string) (int, error) {
+	m, rcode, err := f.askNext(ctx, w, r, r.Question[0].Name, r.Question[0].Qtype)
+	if m == nil {
+		return rcode, err
+	}
+	q := r.Question[0]
+	name := strings.ToLower(q.Name)
+	c := &chain{start: name, ttl: math.MaxUint32}
+	end, ferr := follow(m, name, q.Qtype, c, map[string]bool{name: true}, f.cfg.maxDepth)
+	// A zone whose chain leaves it answers SERVFAIL with its part of the chain when it cannot
+	// follow it out (askNext hides the server it would follow it through): flatten follows it.
+	inZone := plugin.Zones(f.cfg.zones).Matches(end) != "" // read below only when follow succeeded
+	leaves := ferr == nil && !inZone
+	failed := m.Rcode != dns.RcodeSuccess && !(m.Rcode == dns.RcodeServerFailure && leaves)
+	if ferr != nil || len(c.hops) == 0 || (failed && len(c.addrs) == 0) || c.hops[0].rrtype == dns.TypeDNAME || synthesizedFromDNAME(m, name) {
+		// Not a chain (or a broken one, or one that ends in NXDOMAIN in the zone), or one that
+		// starts with a CNAME the zone made from a DNAME: the zone's answer stands as it is. A
+		// DNAME maps any name a client makes up to a new target; flattening it would let clients
+		// choose what the upstream is asked, one new question (and cache entry) per made-up name.
+		w.WriteMsg(m)
+		return dns.RcodeSuccess, nil
+	}
+	if len(c.addrs) > 0 {
+		// The plugins below followed the whole chain inside the zone.
+		return writeAddrs(w, r, c.addrs, min(max(c.ttl, f.cfg.ttlMin), f.cfg.ttlMax))
+	}
+	// The chain ends at a name flattened here: answer with what that name answers with. Asking
+	// upstream would ask the world for our own name (or ourselves, for a loop).
+	if a, ok := f.aliases.get(end); ok {
+		var one [1]*slot
+		return f.flatten(ctx, w, r, zone, c.ttl, a.slots(qtypeIndex(q.Qtype), one[:0]))
+	}
+	if f.zoneAliases != nil && inZone {
+		if za := f.zoneAliasFor(ctx, w, r, end); za.target != "" {
+			s := f.cache.slotFor(cacheKey{name: za.target, qtype: q.Qtype})
+			return f.flatten(ctx, w, r, zone, min(c.ttl, za.ttl), []*slot{s})
+		}
+	}
+	if inZone || hasNegativeSOA(m, end) {
+		// The chain ends inside the zone, or the zone proved its end has no address of the type:
+		// the plugins below already answered it, and it is nobody else's business. NODATA.
+		reply := authoritative(r)
+		if soa := f.zoneSOA(ctx, w, r, zone); soa != nil {
+			soa.Hdr.Ttl = min(soa.Hdr.Ttl, soa.Minttl, max(c.ttl, f.cfg.ttlMin))
+			reply.Ns = []dns.RR{soa}
+		}
+		w.WriteMsg(reply)
+		return dns.RcodeSuccess, nil
+	}
+	s := f.cache.slotFor(cacheKey{name: end, qtype: q.Qtype})
+	return f.flatten(ctx, w, r, zone, c.ttl, []*slot{s})
+}
+
+// synthesizedFromDNAME reports whether the answer holds a DNAME above name: its CNAME for name was
+// synthesized (RFC 6672), not held by the zone.
+func synthesizedFromDNAME(m *dns.Msg, name string) bool {
+	for _, rr := range m.Answer {
+		if rr.Header().Rrtype == dns.TypeDNAME && dns.IsSubDomain(rr.Header().Name, name) {
 			return true
 		}
 	}

@@ -109,10 +109,10 @@ func (z *countingZone) Name() string { return "zone" }
 // newZoneFlatten is a Flatten over zone with zone_alias on, resolving through an in-memory
 // upstream that answers every name with an address derived from it.
 func newZoneFlatten(t *testing.T, zone plugin.Handler, clk *fakeClock, cnames *cnameNames) *Flatten {
-	f := New()
-	f.Zones = []string{"example.org."}
-	f.zoneAliasOn = true
-	f.cnames = cnames
+	f := newTestFlatten()
+	f.cfg.zones = []string{"example.org."}
+	f.cfg.zoneAlias = true
+	f.cfg.cnames = cnames
 	up := exchangerFunc(func(_ context.Context, name string, qtype uint16) (*dns.Msg, error) {
 		m := new(dns.Msg)
 		m.SetQuestion(name, qtype)
@@ -124,8 +124,8 @@ func newZoneFlatten(t *testing.T, zone plugin.Handler, clk *fakeClock, cnames *c
 		return m, nil
 	})
 	w := &walker{ex: up, maxDepth: defaultMaxDepth}
-	f.zoneAliases = newZoneAliases(f.capacity)
-	f.initCache(func(ctx context.Context, k cacheKey) (*chain, error) { return w.resolve(ctx, k.name, k.qtype) }, "")
+	f.zoneAliases = newZoneAliases(f.cfg.capacity)
+	f.build(w.resolve)
 	f.cache.now = clk.now
 	f.Next = zone
 	return f
@@ -206,7 +206,7 @@ func TestCNAMEFlattening(t *testing.T) {
 	rrs[4].Header().Name = "plain.example.org."
 	cn := &cnameNames{exact: map[string]bool{"example.org.": true, "www.example.org.": true, "local.example.org.": true}, suffixes: []string{".shop.example.org."}}
 	f := newZoneFlatten(t, z, clk, cn)
-	f.zoneAliasOn, f.zoneAliases = false, nil
+	f.cfg.zoneAlias, f.zoneAliases = false, nil
 
 	for _, tc := range []struct {
 		name, want string
@@ -243,7 +243,7 @@ func TestCNAMEFlattening(t *testing.T) {
 	}
 
 	// `cname *` flattens every name in ZONES.
-	f.cnames = &cnameNames{all: true}
+	f.cfg.cnames = &cnameNames{all: true}
 	if m = serveName(t, f, "unlisted.example.org.", dns.TypeA); firstA(m) != "198.51.100.16" {
 		t.Errorf("cname *: %v", m.Answer)
 	}
