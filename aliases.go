@@ -7,47 +7,94 @@ import (
 
 // aliasTable holds the configured aliases (`alias NAME TARGET...`) by name, a lowercased FQDN.
 // It is built by parse and never changes after: queries read it without a lock.
-type aliasTable map[string]alias
+//
+// Nearly every alias has one target, and those are kept apart from the few with several: a map
+// value of one pointer instead of a slice (8 bytes instead of 24, and no array of one pointer
+// beside it) keeps 100,000 aliases at about 340 bytes each instead of 371 (TestMemoryPerAlias).
+type aliasTable struct {
+	one  map[string]*pinnedTarget   // the aliases with a single target
+	more map[string][]*pinnedTarget // the aliases with several, in order of preference
+}
+
+func newAliasTable() aliasTable {
+	return aliasTable{one: map[string]*pinnedTarget{}, more: map[string][]*pinnedTarget{}}
+}
 
 // alias is the targets of one configured name, in order of preference: each target's pinned
 // slots, which the cache resolves and refreshes and the alias reads its answer from. Aliases
 // that name the same target share its slots.
-type alias []*pinnedTarget
+type alias struct {
+	one  *pinnedTarget   // the only target; nil when there are several
+	more []*pinnedTarget // the targets, when there are several
+}
 
 // get returns the alias configured at name, in any case. strings.ToLower does not allocate for a
 // name already in lower case, which is how resolvers ask.
 func (t aliasTable) get(name string) (alias, bool) {
-	a, ok := t[strings.ToLower(name)]
-	return a, ok
+	name = strings.ToLower(name)
+	if p, ok := t.one[name]; ok {
+		return alias{one: p}, true
+	}
+	more, ok := t.more[name]
+	return alias{more: more}, ok
+}
+
+// add configures the alias name (a lowercased FQDN) to targets, in order of preference.
+func (t aliasTable) add(name string, targets []*pinnedTarget) {
+	if len(targets) == 1 {
+		t.one[name] = targets[0]
+	} else {
+		t.more[name] = targets
+	}
 }
 
 // len is the number of aliases.
-func (t aliasTable) len() int { return len(t) }
+func (t aliasTable) len() int { return len(t.one) + len(t.more) }
+
+// each calls fn for every alias and its name, in no particular order.
+func (t aliasTable) each(fn func(name string, a alias)) {
+	for name, p := range t.one {
+		fn(name, alias{one: p})
+	}
+	for name, more := range t.more {
+		fn(name, alias{more: more})
+	}
+}
 
 // targets returns every configured target, once each, sorted by name: the cache's pinned targets.
 func (t aliasTable) targets() []*pinnedTarget {
-	var out []*pinnedTarget
-	for _, a := range t {
-		out = append(out, a...)
-	}
+	out := make([]*pinnedTarget, 0, len(t.one))
+	t.each(func(_ string, a alias) { out = append(out, a.pinned()...) })
 	slices.SortFunc(out, func(a, b *pinnedTarget) int { return strings.Compare(a.name(), b.name()) })
 	return slices.Compact(out)
 }
 
+// pinned returns a's targets' slots, in order of preference. Not for the answer path: for a
+// single target it allocates the slice.
+func (a alias) pinned() []*pinnedTarget {
+	if a.one != nil {
+		return []*pinnedTarget{a.one}
+	}
+	return a.more
+}
+
 // targets returns a's target names, in order of preference.
 func (a alias) targets() []string {
-	out := make([]string, len(a))
-	for i, p := range a {
-		out[i] = p.name()
+	var out []string
+	for _, p := range a.pinned() {
+		out = append(out, p.name())
 	}
 	return out
 }
 
 // slots appends to buf the slot of each target for an address type (qtypeIndex), in order of
-// preference. The answer path passes an array on its stack, with room for the usual single
-// target, so that it allocates nothing.
+// preference. The answer path passes an array on its stack, with room for a single target, so
+// that it allocates nothing.
 func (a alias) slots(qi int, buf []*slot) []*slot {
-	for _, p := range a {
+	if a.one != nil {
+		return append(buf, &a.one.slots[qi])
+	}
+	for _, p := range a.more {
 		buf = append(buf, &p.slots[qi])
 	}
 	return buf

@@ -90,7 +90,7 @@ func TestAliasTableFindsEveryName(t *testing.T) {
 	// tb.agency.test. is the target of "b." and of every seventh name: pinned once, shared.
 	one, _ := tab.get("b.")
 	for _, name := range names {
-		if a, _ := tab.get(name); len(a) > 1 && a[len(a)-1].name() == "tb.agency.test." && a[len(a)-1] != one[0] {
+		if a, _ := tab.get(name); len(a.more) > 1 && a.more[len(a.more)-1].name() == "tb.agency.test." && a.more[len(a.more)-1] != one.one {
 			t.Errorf("%q: its target tb.agency.test. is not the slots of b.'s", name)
 		}
 	}
@@ -153,7 +153,7 @@ func TestAliasesAnswerFromTheirTargetsSlot(t *testing.T) {
 	r := &typedResolver{calls: map[cacheKey]int{}}
 	f := newTestFlatten()
 	f.cfg.zones = []string{"example.org."}
-	long := "a-name-longer-than-a-cell-holds.example.org."
+	long := "a-name-longer-than-most-names-here.example.org."
 	names := []string{"example.org.", "www.example.org.", long}
 	for _, name := range names {
 		f.addAlias(name, "target.example.net.")
@@ -223,7 +223,7 @@ func TestAliasesAnswerFromTheirTargetsSlot(t *testing.T) {
 	// A refresh before expiry: every name answers the new addresses at once.
 	a, _ := f.aliases.get(names[0])
 	for qi := range qtypes {
-		s := &a[0].slots[qi]
+		s := &a.one.slots[qi]
 		old := s.good.Load()
 		f.cache.refreshAsync(context.Background(), s, question{key: s.key()})
 		waitFor(t, "the refresh", func() bool { return s.good.Load() != old })
@@ -241,7 +241,7 @@ func TestAliasesAnswerFromTheirTargetsSlot(t *testing.T) {
 	r.set(true, nil)
 	clk.advance(failureTTL + time.Second)
 	for qi := range qtypes {
-		s := &a[0].slots[qi]
+		s := &a.one.slots[qi]
 		f.cache.refreshAsync(context.Background(), s, question{key: s.key()})
 		waitFor(t, "the negative answer", func() bool { e := s.good.Load(); return e != nil && e.negative() })
 	}

@@ -167,7 +167,7 @@ func manyAliases(tb testing.TB, n int) (*Flatten, uint64) {
 	})
 	w := &walker{ex: ex, maxDepth: defaultMaxDepth}
 	f.build(w.resolve)
-	for _, a := range f.aliases {
+	f.aliases.each(func(_ string, a alias) {
 		for i := range 2 {
 			for _, s := range a.slots(i, nil) {
 				// As the refresher does: the slot's flight (run) stores the entry.
@@ -178,7 +178,7 @@ func manyAliases(tb testing.TB, n int) (*Flatten, uint64) {
 				}
 			}
 		}
-	}
+	})
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	return f, after.HeapAlloc - before.HeapAlloc

@@ -270,9 +270,7 @@ func (f *Flatten) CacheBypassZones() []string {
 		return nil
 	}
 	var zones []string
-	for name := range f.aliases {
-		zones = append(zones, name)
-	}
+	f.aliases.each(func(name string, _ alias) { zones = append(zones, name) })
 	if f.cfg.zoneAlias || (f.cfg.cnames != nil && f.cfg.cnames.all) {
 		// Any name in ZONES may hold an ALIAS record, or answer with a CNAME.
 		zones = append(zones, f.cfg.zones...)

@@ -534,7 +534,7 @@ func checkParsed(t *testing.T, fl *Flatten) {
 			}
 		}
 	}
-	for k, a := range fl.aliases {
+	fl.aliases.each(func(k string, a alias) {
 		targets := a.targets()
 		if k != strings.ToLower(k) || len(targets) == 0 {
 			t.Errorf("alias %q: targets %q, want a lowercased name with a target", k, targets)
@@ -550,7 +550,7 @@ func checkParsed(t *testing.T, fl *Flatten) {
 		if z := plugin.Zones(fl.cfg.zones).Matches(k); z == "" || fl.zoneOf(k) != z {
 			t.Errorf("alias %q: zone %q of %v, want %q", k, fl.zoneOf(k), fl.cfg.zones, z)
 		}
-	}
+	})
 
 	if fl.cfg.maxDepth < 1 || fl.cfg.maxDepth > maxMaxDepth {
 		t.Errorf("max_depth %d", fl.cfg.maxDepth)

@@ -386,31 +386,29 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 // newTestFlatten returns a Flatten with the default settings and no zone or alias.
-func newTestFlatten() *Flatten { return &Flatten{cfg: newConfig(), aliases: aliasTable{}} }
+func newTestFlatten() *Flatten { return &Flatten{cfg: newConfig(), aliases: newAliasTable()} }
 
 // addAlias configures an alias at name to targets (lowercased FQDNs), as parse does.
 func (f *Flatten) addAlias(name string, targets ...string) {
 	pins := map[string]*pinnedTarget{}
-	for _, a := range f.aliases {
-		for _, p := range a {
-			pins[p.name()] = p
-		}
+	for _, p := range f.aliases.targets() {
+		pins[p.name()] = p
 	}
-	var a alias
+	var a []*pinnedTarget
 	for _, target := range targets {
 		if pins[target] == nil {
 			pins[target] = newPinnedTarget(target)
 		}
 		a = append(a, pins[target])
 	}
-	f.aliases[name] = a
+	f.aliases.add(name, a)
 }
 
 // pinnedTargets returns the pinned slots of names, sorted by name as the cache keeps them.
 func pinnedTargets(names ...string) []*pinnedTarget {
-	t := aliasTable{}
+	t := newAliasTable()
 	for i, name := range names {
-		t[fmt.Sprintf("a%d.", i)] = alias{newPinnedTarget(name)}
+		t.add(fmt.Sprintf("a%d.", i), []*pinnedTarget{newPinnedTarget(name)})
 	}
 	return t.targets()
 }

@@ -54,7 +54,7 @@ func configServerLabel(cfg *dnsserver.Config) string {
 
 // parse reads the flatten block. Every error names the line it is on.
 func parse(c *caddy.Controller) (*Flatten, error) {
-	f := &Flatten{cfg: newConfig(), aliases: aliasTable{}}
+	f := &Flatten{cfg: newConfig(), aliases: newAliasTable()}
 	// The configured targets, each pinned once however many aliases name it.
 	pins := map[string]*pinnedTarget{}
 	blocks := 0
@@ -150,11 +150,11 @@ func (f *Flatten) parseAlias(c *caddy.Controller, pins map[string]*pinnedTarget)
 	if err != nil {
 		return err
 	}
-	if _, dup := f.aliases[name]; dup {
+	if _, dup := f.aliases.get(name); dup {
 		return c.Errf("alias '%s' is defined more than once", name)
 	}
 	var targets []string
-	var a2 alias
+	var pinned []*pinnedTarget
 	for _, t := range a[1:] {
 		target := strings.ToLower(t)
 		if !strings.HasSuffix(target, ".") {
@@ -175,9 +175,9 @@ func (f *Flatten) parseAlias(c *caddy.Controller, pins map[string]*pinnedTarget)
 			p = newPinnedTarget(target)
 			pins[target] = p
 		}
-		a2 = append(a2, p)
+		pinned = append(pinned, p)
 	}
-	f.aliases[name] = a2
+	f.aliases.add(name, pinned)
 	return nil
 }
 
