@@ -35,6 +35,9 @@ type question struct {
 	// path is the targets being resolved by the lookups through this server that led to this
 	// one; nil for a client's query.
 	path *resolvePath
+	// peek asks what the cache would answer now, without resolving or waiting: an explanation
+	// must not change what it explains.
+	peek bool
 }
 
 // nested reports a lookup made by another resolution through this server.
@@ -62,10 +65,11 @@ type cache struct {
 	// more per target.
 	pins []*pinnedTarget
 
+	// mu guards the rest: the slots made on demand and what indexes them, what is shared
+	// between entries, and the refresh schedule. Answers from a pinned slot take no lock.
 	mu     sync.RWMutex
 	slots  map[cacheKey]*slot // the slots made on demand, at most cfg.capacity
 	scopes scopeIndex         // the prefix lengths of the client-network slots (scope.go)
-
 	intern interner
 	sched  schedule
 }
@@ -188,10 +192,10 @@ func (c *cache) countLocked() {
 // and type for every client (pinned for a configured target); with a client network, q.key has
 // its scope and the answer comes from the most specific network's slot that holds the client.
 //
-// It asks upstream only when nothing fresh is known and no failure is remembered, and never keeps
-// a client waiting longer than the timeout. The ladder (RFC 8767): fresh, then stale within the
-// window (stale), then nothing (the caller's fallback and SERVFAIL), with the failure that
-// explains it.
+// It asks upstream only when nothing fresh is known and no failure is remembered (and never for a
+// peek), and never keeps a client waiting longer than the timeout. The ladder (RFC 8767): fresh,
+// then stale within the window (stale), then nothing (the caller's fallback and SERVFAIL), with
+// the failure that explains it.
 func (c *cache) get(ctx context.Context, shared *slot, q question) (*entry, source, *resolveError) {
 	now := c.now()
 	s, holder, e := shared, shared, shared.good.Load()
@@ -202,10 +206,17 @@ func (c *cache) get(ctx context.Context, shared *slot, q question) (*entry, sour
 		// A pinned slot is refreshed on its schedule, not by queries. A broader network's slot
 		// is refreshed through itself, so that the clients of all the networks it serves start
 		// one refresh between them, made for this client's network.
-		if !holder.pinned && c.nearExpiry(e, now) {
+		if !holder.pinned && !q.peek && c.nearExpiry(e, now) {
 			c.refreshAsync(ctx, holder, q)
 		}
 		return e, srcFresh, nil
+	}
+	if q.peek {
+		var err *resolveError
+		if f := s.fail.Load(); f != nil {
+			err = f.err
+		}
+		return c.stale(shared, q.key, now, err)
 	}
 	if q.key.scope.IsValid() {
 		s = c.slotFor(q.key)
@@ -256,19 +267,6 @@ func (c *cache) stale(shared *slot, k cacheKey, now time.Time, err *resolveError
 		return e, srcStale, err
 	}
 	return nil, srcNone, err
-}
-
-// peek returns what get would answer s with at now, and the failure remembered for it, without
-// asking upstream or waiting: for explanations.
-func (c *cache) peek(s *slot, now time.Time) (*entry, source, *resolveError) {
-	if e := s.good.Load(); e != nil && now.Before(e.expires()) {
-		return e, srcFresh, nil
-	}
-	var err *resolveError
-	if f := s.fail.Load(); f != nil {
-		err = f.err
-	}
-	return c.stale(s, s.key(), now, err)
 }
 
 // await resolves s for a client: it joins the flight in progress and waits for it, at most the
@@ -380,17 +378,15 @@ func (c *cache) run(ctx context.Context, s *slot, fl *flight, q question) {
 // lead to become the shared copies (ch's hops are taken over), and its TTL, clamped by `ttl MIN
 // MAX`, the lifetime.
 func (c *cache) newEntry(ch *chain, now time.Time) *entry {
-	e := &entry{
-		set:      c.intern.addrs(ch.addrs),
-		fetched:  since(now),
-		ttl:      c.cfg.clampTTL(ch.ttl),
-		nxdomain: ch.nxdomain,
-	}
+	e := &entry{fetched: since(now), ttl: c.cfg.clampTTL(ch.ttl), nxdomain: ch.nxdomain}
 	if len(ch.hops) > 0 {
-		for i := range ch.hops {
-			ch.hops[i].target = c.intern.name(ch.hops[i].target)
-		}
 		e.path = &path{hops: ch.hops}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e.set = c.intern.addrs(ch.addrs)
+	for i := range ch.hops {
+		ch.hops[i].target = c.intern.name(ch.hops[i].target)
 	}
 	return e
 }

@@ -438,8 +438,8 @@ func TestCachePinnedFailureStandsUntilRetry(t *testing.T) {
 	defer c.stop()
 	waitFor(t, "startup round", c.ready)
 	scheduled := func() bool {
-		c.sched.mu.Lock()
-		defer c.sched.mu.Unlock()
+		c.mu.Lock()
+		defer c.mu.Unlock()
 		return s.index >= 0
 	}
 	// Failures 2, 3 and 4: the backoff is now 8 s. The clock moves only once the slot is back on

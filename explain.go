@@ -140,34 +140,30 @@ func (f *Flatten) slotOf(target string, qtype uint16) *slot {
 // explainAnswer says what a query for qtype gets now, ranked as flatten ranks it, but from the
 // cache alone.
 func (f *Flatten) explainAnswer(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, name string, qtype uint16, targets []string, now time.Time) string {
-	var pk picker
-	for i, t := range targets {
-		s := f.slotOf(t, qtype)
-		if s == nil {
-			continue
+	var slots []*slot
+	for _, t := range targets {
+		if s := f.slotOf(t, qtype); s != nil {
+			slots = append(slots, s)
 		}
-		e, src, err := f.cache.peek(s, now)
-		pk.add(i, e, src, err, f.health)
 	}
+	q := r.Copy()
+	q.Question[0] = dns.Question{Name: name, Qtype: qtype, Qclass: dns.ClassINET}
+	v := f.decide(ctx, w, q, question{peek: true}, slots)
 	typ := dns.TypeToString[qtype]
-	c := pk.best()
-	if c.e == nil {
-		q := r.Copy()
-		q.Question[0] = dns.Question{Name: name, Qtype: qtype, Qclass: dns.ClassINET}
-		if rrs := f.zoneAddrs(ctx, w, q); len(rrs) > 0 {
-			return fmt.Sprintf("type=%s answer=fallback addrs=%s", typ, addrList(rrs))
-		}
+	switch c := v.candidate; {
+	case c.e == nil && len(v.fallback) > 0:
+		return fmt.Sprintf("type=%s answer=fallback addrs=%s", typ, addrList(v.fallback))
+	case c.e == nil:
 		errText := "not resolved yet"
-		if pk.err != nil {
-			errText = pk.err.text
+		if v.err != nil {
+			errText = v.err.text
 		}
 		return fmt.Sprintf("type=%s answer=servfail error='%s'", typ, errText)
+	case c.e.negative():
+		return fmt.Sprintf("type=%s answer=nodata source=%s target=%s ttl=%d", typ, c.src, slots[c.i].name, f.cache.ttl(c.e, c.src, now))
 	}
-	ttl := f.cache.ttl(c.e, c.src, now)
-	if c.e.negative() {
-		return fmt.Sprintf("type=%s answer=nodata source=%s target=%s ttl=%d", typ, c.src, targets[c.i], ttl)
-	}
-	return fmt.Sprintf("type=%s answer=%s target=%s ttl=%d addrs=%s", typ, c.src, targets[c.i], ttl, addrList(c.addrs))
+	c := v.candidate
+	return fmt.Sprintf("type=%s answer=%s target=%s ttl=%d addrs=%s", typ, c.src, slots[c.i].name, f.cache.ttl(c.e, c.src, now), addrList(c.addrs))
 }
 
 // explainTarget describes what the cache knows of one target and type: its state, when it was
@@ -180,7 +176,7 @@ func (f *Flatten) explainTarget(i int, target string, qtype uint16, now time.Tim
 		b.WriteString(" state=unknown")
 		return b.String()
 	}
-	e, src, _ := f.cache.peek(s, now)
+	e, src, _ := f.cache.get(context.Background(), s, question{key: s.key(), peek: true})
 	switch {
 	case src == srcFresh:
 		b.WriteString(" state=fresh")

@@ -244,8 +244,8 @@ func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg,
 		q.sub, _ = f.cfg.ecs.subnet(w, r, q.nested())
 	}
 
-	c, rerr := f.pick(ctx, q, slots)
-	if c.e != nil {
+	v := f.decide(ctx, w, r, q, slots)
+	if c := v.candidate; c.e != nil {
 		switch c.src {
 		case srcFresh:
 			cacheHits.WithLabelValues(server).Inc()
@@ -259,18 +259,36 @@ func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg,
 		return f.answer(ctx, w, r, zone, c.entry(), c.src, ttlCap)
 	}
 
-	// Nothing to serve from the cache: the zone's own records at the name (the ANAME draft's
-	// sibling addresses), else SERVFAIL that says why.
-	if rrs := f.zoneAddrs(ctx, w, r); len(rrs) > 0 {
+	if len(v.fallback) > 0 {
 		fallbackAnswers.WithLabelValues(server).Inc()
 		f.noteAnswer(ctx, "", "fallback", nil)
 		m := authoritative(r)
-		m.Answer = rrs
+		m.Answer = v.fallback
 		w.WriteMsg(m)
 		return dns.RcodeSuccess, nil
 	}
 	f.noteAnswer(ctx, "", "servfail", nil)
-	return f.servfail(w, r, rerr)
+	return f.servfail(w, r, v.err)
+}
+
+// verdict is what a query for a flattened name gets: a target's answer (candidate), else the
+// zone's own records at the name, else SERVFAIL that says why (err).
+type verdict struct {
+	candidate
+	fallback []dns.RR
+	err      *resolveError
+}
+
+// decide climbs the failure ladder for r over slots, each target's slot for the query's type:
+// the best of the targets' answers (pick), then the zone's own records at the name (the ANAME
+// draft's sibling addresses), then SERVFAIL. With q.peek it says what a query would get now
+// (explain).
+func (f *Flatten) decide(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, q question, slots []*slot) verdict {
+	c, err := f.pick(ctx, q, slots)
+	if c.e != nil {
+		return verdict{candidate: c}
+	}
+	return verdict{fallback: f.zoneAddrs(ctx, w, r), err: err}
 }
 
 // pick asks each target's slot in turn and returns the best answer (the picker's ranking) and

@@ -71,9 +71,6 @@ type healthSnapshot struct {
 	down  int // addresses in state down
 }
 
-// dialFunc opens a connection; net.Dialer.DialContext in production.
-type dialFunc func(ctx context.Context, network, address string) (net.Conn, error)
-
 // healthChecker probes addresses with a TCP connect to one port, in the background only: queries
 // read the result of the last round and never wait for a probe.
 type healthChecker struct {
@@ -82,7 +79,7 @@ type healthChecker struct {
 	timeout  time.Duration
 	addrs    func() []netip.Addr // the addresses to probe, asked once per round
 	server   string              // metrics label
-	dial     dialFunc
+	dial     func(ctx context.Context, network, address string) (net.Conn, error)
 	now      func() time.Time
 	bg       *background // the instance's: stop ends the loop and every dial in flight
 

@@ -1,10 +1,6 @@
 package flatten
 
-import (
-	"sync"
-
-	"github.com/miekg/dns"
-)
+import "github.com/miekg/dns"
 
 // maxInterned bounds the address RRsets and the names remembered for sharing.
 const maxInterned = 1 << 16
@@ -15,12 +11,12 @@ const maxInterned = 1 << 16
 // 100,000 aliases sharing saves most of the cache's memory; the names that chains lead to repeat
 // the same way. What is shared is never modified (renamed copies the records for each answer).
 // Both maps are bounded: when one is full it starts over, and later entries share with each other.
+// Guarded by cache.mu.
 //
 // Go's unique package would share names without a bound, but its canonical copy is dropped once
 // no Handle refers to it, and entries keep the string, not a Handle: after the next collection
 // the same name would be copied again.
 type interner struct {
-	mu    sync.Mutex
 	sets  map[string]*addrSet
 	names map[string]string
 }
@@ -48,8 +44,6 @@ func (in *interner) addrs(rrs []dns.RR) *addrSet {
 			return &addrSet{rrs: rrs}
 		}
 	}
-	in.mu.Lock()
-	defer in.mu.Unlock()
 	if shared, ok := in.sets[string(key)]; ok {
 		return shared
 	}
@@ -63,8 +57,6 @@ func (in *interner) addrs(rrs []dns.RR) *addrSet {
 
 // name returns the shared copy of name.
 func (in *interner) name(name string) string {
-	in.mu.Lock()
-	defer in.mu.Unlock()
 	if shared, ok := in.names[name]; ok {
 		return shared
 	}

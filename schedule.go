@@ -2,7 +2,6 @@ package flatten
 
 import (
 	"container/heap"
-	"sync"
 	"time"
 )
 
@@ -20,8 +19,8 @@ const (
 // schedule is when each pinned slot is refreshed next: the startup round first, then before each
 // entry expires, or with backoff after a failure. One goroutine (refresher) starts the refreshes
 // that are due, at most refreshWorkers at a time, each waiting its turn on the cache's limiter.
+// Guarded by cache.mu, as the slots' schedule fields are.
 type schedule struct {
-	mu      sync.Mutex
 	heap    refreshHeap
 	pending int  // pinned slots the startup round has not tried yet
 	started bool // start has run
@@ -36,9 +35,9 @@ func newSchedule() schedule {
 // start begins the startup round and the background refresh of pinned slots, once.
 func (c *cache) start() {
 	now := since(c.now())
-	c.sched.mu.Lock()
+	c.mu.Lock()
 	if c.sched.started || c.bg.done() {
-		c.sched.mu.Unlock()
+		c.mu.Unlock()
 		return
 	}
 	c.sched.started = true
@@ -50,17 +49,15 @@ func (c *cache) start() {
 			c.sched.pending++
 		}
 	}
-	c.sched.mu.Unlock()
-	c.mu.RLock()
 	c.countLocked()
-	c.mu.RUnlock()
+	c.mu.Unlock()
 	c.bg.spawn(c.refresher)
 }
 
 // ready reports whether the startup round has tried every configured alias once.
 func (c *cache) ready() bool {
-	c.sched.mu.Lock()
-	defer c.sched.mu.Unlock()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
 	return c.sched.started && c.sched.pending == 0
 }
 
@@ -91,18 +88,18 @@ func (c *cache) refresher() {
 func (c *cache) runDue() time.Duration {
 	for {
 		now := since(c.now())
-		c.sched.mu.Lock()
+		c.mu.Lock()
 		if len(c.sched.heap) == 0 {
-			c.sched.mu.Unlock()
+			c.mu.Unlock()
 			return time.Hour
 		}
 		s := c.sched.heap[0]
 		if wait := time.Duration(s.due - now); wait > 0 {
-			c.sched.mu.Unlock()
+			c.mu.Unlock()
 			return wait
 		}
 		heap.Pop(&c.sched.heap)
-		c.sched.mu.Unlock()
+		c.mu.Unlock()
 
 		select {
 		case c.sched.sem <- struct{}{}:
@@ -149,8 +146,8 @@ func (c *cache) refreshPinned(s *slot) {
 	}
 
 	now := c.now()
-	c.sched.mu.Lock()
-	defer c.sched.mu.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if !s.tried {
 		s.tried = true
 		c.sched.pending--

@@ -83,34 +83,34 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 			var err error
 			switch opt {
 			case "alias":
-				err = f.parseAlias(c, pins)
+				err = parseAlias(c, f.cfg, f.aliases, pins)
 			case "upstream":
-				err = f.parseUpstream(c)
+				err = f.cfg.parseUpstream(c)
 			case "max_depth":
-				err = f.parseMaxDepth(c)
+				err = f.cfg.parseMaxDepth(c)
 			case "timeout":
-				err = f.parseTimeout(c)
+				err = f.cfg.parseTimeout(c)
 			case "ttl":
-				err = f.parseTTL(c)
+				err = f.cfg.parseTTL(c)
 			case "cache":
-				err = f.parseCache(c)
+				err = f.cfg.parseCache(c)
 			case "prefetch":
-				err = f.parsePrefetch(c)
+				err = f.cfg.parsePrefetch(c)
 			case "serve_stale":
-				err = f.parseServeStale(c)
+				err = f.cfg.parseServeStale(c)
 			case "refresh_rate":
-				err = f.parseRefreshRate(c)
+				err = f.cfg.parseRefreshRate(c)
 			case "explain":
-				err = f.parseExplain(c)
+				err = f.cfg.parseExplain(c)
 			case "health_check":
-				err = f.parseHealthCheck(c)
+				err = f.cfg.parseHealthCheck(c)
 			case "zone_alias":
 				_, err = args(c, 0)
 				f.cfg.zoneAlias = true
 			case "cname":
-				err = f.parseCNAME(c)
+				err = f.cfg.parseCNAME(c)
 			case "ecs":
-				err = f.parseECS(c)
+				err = f.cfg.parseECS(c)
 			default:
 				return nil, c.Errf("unknown property '%s'", opt)
 			}
@@ -141,16 +141,16 @@ func args(c *caddy.Controller, n int) ([]string, error) {
 
 // parseAlias reads `alias NAME TARGET [TARGET...]`: the targets are tried in order (failover).
 // pins holds the targets of the aliases read before, by name.
-func (f *Flatten) parseAlias(c *caddy.Controller, pins map[string]*pinnedTarget) error {
+func parseAlias(c *caddy.Controller, cfg *config, aliases aliasTable, pins map[string]*pinnedTarget) error {
 	a := c.RemainingArgs()
 	if len(a) < 2 {
 		return c.Errf("'alias' takes a NAME and at least 1 TARGET, got %d argument(s): %v", len(a), a)
 	}
-	name, err := f.aliasName(c, a[0])
+	name, err := cfg.aliasName(c, a[0])
 	if err != nil {
 		return err
 	}
-	if _, dup := f.aliases.get(name); dup {
+	if _, dup := aliases.get(name); dup {
 		return c.Errf("alias '%s' is defined more than once", name)
 	}
 	var targets []string
@@ -177,83 +177,83 @@ func (f *Flatten) parseAlias(c *caddy.Controller, pins map[string]*pinnedTarget)
 		}
 		pinned = append(pinned, p)
 	}
-	f.aliases.add(name, pinned)
+	aliases.add(name, pinned)
 	return nil
 }
 
 // aliasName resolves an alias NAME: `@` for the apex of the single zone, a name relative to the
 // single zone, or an absolute name inside ZONES. It returns the lowercased FQDN.
-func (f *Flatten) aliasName(c *caddy.Controller, s string) (string, error) {
+func (cfg *config) aliasName(c *caddy.Controller, s string) (string, error) {
 	var name string
 	switch {
 	case s == "@":
-		if len(f.cfg.zones) != 1 {
-			return "", c.Errf("alias name '@' needs exactly one zone, have %d: %v", len(f.cfg.zones), f.cfg.zones)
+		if len(cfg.zones) != 1 {
+			return "", c.Errf("alias name '@' needs exactly one zone, have %d: %v", len(cfg.zones), cfg.zones)
 		}
-		name = f.cfg.zones[0]
+		name = cfg.zones[0]
 	case strings.HasSuffix(s, "."):
 		name = strings.ToLower(s)
 	default:
-		if len(f.cfg.zones) != 1 {
-			return "", c.Errf("relative alias name '%s' needs exactly one zone, have %d; write it as an absolute name", s, len(f.cfg.zones))
+		if len(cfg.zones) != 1 {
+			return "", c.Errf("relative alias name '%s' needs exactly one zone, have %d; write it as an absolute name", s, len(cfg.zones))
 		}
-		name = strings.ToLower(s) + "." + f.cfg.zones[0]
-		if f.cfg.zones[0] == "." {
+		name = strings.ToLower(s) + "." + cfg.zones[0]
+		if cfg.zones[0] == "." {
 			name = strings.ToLower(s) + "."
 		}
 	}
 	if !hostname(name) {
 		return "", c.Errf("alias name '%s' is not a valid host name", s)
 	}
-	if plugin.Zones(f.cfg.zones).Matches(name) == "" {
-		return "", c.Errf("alias name '%s' is not inside the zones %v", s, f.cfg.zones)
+	if plugin.Zones(cfg.zones).Matches(name) == "" {
+		return "", c.Errf("alias name '%s' is not inside the zones %v", s, cfg.zones)
 	}
 	return name, nil
 }
 
 // parseCNAME reads `cname NAMES...`: absolute names inside ZONES, `@` for the apex of the single
 // zone, `*.ZONE` for every name below a zone, or `*` for every name in ZONES.
-func (f *Flatten) parseCNAME(c *caddy.Controller) error {
+func (cfg *config) parseCNAME(c *caddy.Controller) error {
 	a := c.RemainingArgs()
 	if len(a) == 0 {
 		return c.Errf("'cname' takes at least 1 argument: the names whose CNAME answers are flattened")
 	}
-	if f.cfg.cnames == nil {
-		f.cfg.cnames = &cnameNames{exact: map[string]bool{}}
+	if cfg.cnames == nil {
+		cfg.cnames = &cnameNames{exact: map[string]bool{}}
 	}
 	for _, s := range a {
 		switch {
 		case s == "*":
-			f.cfg.cnames.all = true
+			cfg.cnames.all = true
 		case s == "@":
-			if len(f.cfg.zones) != 1 {
-				return c.Errf("cname name '@' needs exactly one zone, have %d: %v", len(f.cfg.zones), f.cfg.zones)
+			if len(cfg.zones) != 1 {
+				return c.Errf("cname name '@' needs exactly one zone, have %d: %v", len(cfg.zones), cfg.zones)
 			}
-			f.cfg.cnames.exact[f.cfg.zones[0]] = true
+			cfg.cnames.exact[cfg.zones[0]] = true
 		case strings.HasPrefix(s, "*."):
 			zone := strings.ToLower(s[2:])
 			if !strings.HasSuffix(zone, ".") || !hostname(zone) {
 				return c.Errf("cname wildcard '%s' must be '*.' followed by an absolute host name", s)
 			}
-			if plugin.Zones(f.cfg.zones).Matches(zone) == "" {
-				return c.Errf("cname wildcard '%s' is not inside the zones %v", s, f.cfg.zones)
+			if plugin.Zones(cfg.zones).Matches(zone) == "" {
+				return c.Errf("cname wildcard '%s' is not inside the zones %v", s, cfg.zones)
 			}
-			f.cfg.cnames.suffixes = append(f.cfg.cnames.suffixes, "."+zone)
+			cfg.cnames.suffixes = append(cfg.cnames.suffixes, "."+zone)
 		default:
 			name := strings.ToLower(s)
 			if !strings.HasSuffix(name, ".") || !hostname(name) {
 				return c.Errf("cname name '%s' must be an absolute host name (end with a dot), '@', '*.ZONE' or '*'", s)
 			}
-			if plugin.Zones(f.cfg.zones).Matches(name) == "" {
-				return c.Errf("cname name '%s' is not inside the zones %v", s, f.cfg.zones)
+			if plugin.Zones(cfg.zones).Matches(name) == "" {
+				return c.Errf("cname name '%s' is not inside the zones %v", s, cfg.zones)
 			}
-			f.cfg.cnames.exact[name] = true
+			cfg.cnames.exact[name] = true
 		}
 	}
 	return nil
 }
 
-func (f *Flatten) parseUpstream(c *caddy.Controller) error {
+func (cfg *config) parseUpstream(c *caddy.Controller) error {
 	a := c.RemainingArgs()
 	if len(a) == 0 {
 		return nil // resolve through this server
@@ -277,7 +277,7 @@ func (f *Flatten) parseUpstream(c *caddy.Controller) error {
 			return c.Errf("upstream '%s': not an address with a port from 1 to 65535", h)
 		}
 	}
-	f.cfg.upstreams = hosts
+	cfg.upstreams = hosts
 	return nil
 }
 
@@ -301,7 +301,7 @@ func hostname(s string) bool {
 	return true
 }
 
-func (f *Flatten) parseMaxDepth(c *caddy.Controller) error {
+func (cfg *config) parseMaxDepth(c *caddy.Controller) error {
 	a, err := args(c, 1)
 	if err != nil {
 		return err
@@ -310,7 +310,7 @@ func (f *Flatten) parseMaxDepth(c *caddy.Controller) error {
 	if err != nil {
 		return err
 	}
-	f.cfg.maxDepth = n
+	cfg.maxDepth = n
 	return nil
 }
 
@@ -327,7 +327,7 @@ func wholeNumber(c *caddy.Controller, what, s, unit string, lo, hi int) (int, er
 	return n, nil
 }
 
-func (f *Flatten) parseTimeout(c *caddy.Controller) error {
+func (cfg *config) parseTimeout(c *caddy.Controller) error {
 	a, err := args(c, 1)
 	if err != nil {
 		return err
@@ -339,11 +339,11 @@ func (f *Flatten) parseTimeout(c *caddy.Controller) error {
 	if d <= 0 {
 		return c.Errf("timeout '%s' must be greater than zero", a[0])
 	}
-	f.cfg.timeout = d
+	cfg.timeout = d
 	return nil
 }
 
-func (f *Flatten) parseTTL(c *caddy.Controller) error {
+func (cfg *config) parseTTL(c *caddy.Controller) error {
 	a, err := args(c, 2)
 	if err != nil {
 		return err
@@ -360,11 +360,11 @@ func (f *Flatten) parseTTL(c *caddy.Controller) error {
 	if v[0] > v[1] {
 		return c.Errf("ttl MIN %d is above MAX %d", v[0], v[1])
 	}
-	f.cfg.ttlMin, f.cfg.ttlMax = v[0], v[1]
+	cfg.ttlMin, cfg.ttlMax = v[0], v[1]
 	return nil
 }
 
-func (f *Flatten) parseCache(c *caddy.Controller) error {
+func (cfg *config) parseCache(c *caddy.Controller) error {
 	a, err := args(c, 1)
 	if err != nil {
 		return err
@@ -373,15 +373,15 @@ func (f *Flatten) parseCache(c *caddy.Controller) error {
 	if err != nil || n < 1 {
 		return c.Errf("cache capacity '%s' must be a positive whole number", a[0])
 	}
-	f.cfg.capacity = n
+	cfg.capacity = n
 	return nil
 }
 
-func (f *Flatten) parsePrefetch(c *caddy.Controller) error {
+func (cfg *config) parsePrefetch(c *caddy.Controller) error {
 	a := c.RemainingArgs()
 	switch len(a) {
 	case 0:
-		f.cfg.prefetch = defaultPrefetch
+		cfg.prefetch = defaultPrefetch
 		return nil
 	case 1:
 	default:
@@ -392,15 +392,15 @@ func (f *Flatten) parsePrefetch(c *caddy.Controller) error {
 	if !ok || err != nil || n < 1 || n > 99 {
 		return c.Errf("prefetch '%s' must be a percentage from 1%% to 99%%", a[0])
 	}
-	f.cfg.prefetch = float64(n) / 100
+	cfg.prefetch = float64(n) / 100
 	return nil
 }
 
-func (f *Flatten) parseServeStale(c *caddy.Controller) error {
+func (cfg *config) parseServeStale(c *caddy.Controller) error {
 	a := c.RemainingArgs()
 	switch len(a) {
 	case 0:
-		f.cfg.serveStale = defaultServeStale
+		cfg.serveStale = defaultServeStale
 		return nil
 	case 1:
 	default:
@@ -413,11 +413,11 @@ func (f *Flatten) parseServeStale(c *caddy.Controller) error {
 	if d < 0 {
 		return c.Errf("serve_stale '%s' must not be negative", a[0])
 	}
-	f.cfg.serveStale = d
+	cfg.serveStale = d
 	return nil
 }
 
-func (f *Flatten) parseRefreshRate(c *caddy.Controller) error {
+func (cfg *config) parseRefreshRate(c *caddy.Controller) error {
 	a, err := args(c, 1)
 	if err != nil {
 		return err
@@ -426,19 +426,19 @@ func (f *Flatten) parseRefreshRate(c *caddy.Controller) error {
 	if err != nil {
 		return err
 	}
-	f.cfg.refreshRate = n
+	cfg.refreshRate = n
 	return nil
 }
 
 // parseExplain reads `explain [CIDR...]`: who may ask for _flatten.NAME TXT. A bare address is
 // that one host; without arguments, this host only (loopback).
-func (f *Flatten) parseExplain(c *caddy.Controller) error {
+func (cfg *config) parseExplain(c *caddy.Controller) error {
 	a := c.RemainingArgs()
 	if len(a) == 0 {
-		f.cfg.explainNets = defaultExplainNets
+		cfg.explainNets = defaultExplainNets
 		return nil
 	}
-	f.cfg.explainNets = []netip.Prefix{}
+	cfg.explainNets = []netip.Prefix{}
 	for _, s := range a {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
@@ -448,13 +448,13 @@ func (f *Flatten) parseExplain(c *caddy.Controller) error {
 			}
 			p = netip.PrefixFrom(ip, ip.BitLen())
 		}
-		f.cfg.explainNets = append(f.cfg.explainNets, p.Masked())
+		cfg.explainNets = append(cfg.explainNets, p.Masked())
 	}
 	return nil
 }
 
 // parseHealthCheck reads `health_check tcp PORT [INTERVAL]`.
-func (f *Flatten) parseHealthCheck(c *caddy.Controller) error {
+func (cfg *config) parseHealthCheck(c *caddy.Controller) error {
 	a := c.RemainingArgs()
 	if len(a) < 2 || len(a) > 3 {
 		return c.Errf("'health_check' takes tcp, a PORT and an optional INTERVAL, got %d argument(s): %v", len(a), a)
@@ -477,12 +477,12 @@ func (f *Flatten) parseHealthCheck(c *caddy.Controller) error {
 		}
 		h.interval = d
 	}
-	f.cfg.health = h
+	cfg.health = h
 	return nil
 }
 
 // parseECS reads `ecs [V4BITS [V6BITS]]`: the most bits of a client's address sent upstream.
-func (f *Flatten) parseECS(c *caddy.Controller) error {
+func (cfg *config) parseECS(c *caddy.Controller) error {
 	a := c.RemainingArgs()
 	if len(a) > 2 {
 		return c.Errf("'ecs' takes at most 2 arguments (V4BITS V6BITS), got %d: %v", len(a), a)
@@ -499,6 +499,6 @@ func (f *Flatten) parseECS(c *caddy.Controller) error {
 		}
 		*bits = n
 	}
-	f.cfg.ecs = e
+	cfg.ecs = e
 	return nil
 }

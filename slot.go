@@ -108,7 +108,7 @@ type slot struct {
 	fail   atomic.Pointer[failure] // the last failure, cleared by the next success
 	flight atomic.Pointer[flight]  // the resolution in progress, nil when none
 
-	// Refresh schedule of a pinned slot, guarded by schedule.mu (schedule.go). The fields are
+	// Refresh schedule of a pinned slot, guarded by cache.mu (schedule.go). The fields are
 	// small (due as an offset, index as int32, failures counted instead of a backoff duration)
 	// because a pinned slot exists per configured target and type.
 	due      int64 // when the refresh is due, in nanoseconds since clockBase

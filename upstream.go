@@ -82,9 +82,7 @@ func (s *selfExchanger) exchange(ctx context.Context, q question, name string) (
 	m := newQuery(name, q.key.qtype)
 	addECS(m, q.sub)
 	upstreamQueries.WithLabelValues(q.server).Inc()
-	// The server wraps our writer in a scrub writer that truncates for the "client"; a TCP
-	// writer makes it leave the whole answer in place.
-	resp, err := s.up.Lookup(ctx, request.Request{W: selfWriter{}, Req: m}, name, q.key.qtype)
+	resp, err := s.up.Lookup(ctx, request.Request{W: selfWriter, Req: m}, name, q.key.qtype)
 	if err == nil && resp == nil {
 		err = errMalformed(name, "no answer from the plugin chain")
 	}
@@ -136,15 +134,24 @@ func (p *resolvePath) len() int {
 	return n
 }
 
-// selfWriter stands in for a client on lookups that flatten makes through its own server. Only
-// its addresses are ever read (by plugins such as acl or log); nothing is written to it because
-// upstream.Lookup wraps it in a nonwriter.
-type selfWriter struct{ dns.ResponseWriter }
+// stubWriter stands in for a client on the questions flatten sends. Only its addresses are ever
+// read: by plugins such as acl or log on a lookup through this server (nothing is written to it:
+// upstream.Lookup wraps it in a nonwriter), and by proxy.Connect, which takes the protocol and
+// buffer size from it.
+type stubWriter struct {
+	dns.ResponseWriter
+	addr net.Addr
+}
 
-var loopback = &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 53}
+func (w stubWriter) LocalAddr() net.Addr  { return w.addr }
+func (w stubWriter) RemoteAddr() net.Addr { return w.addr }
 
-func (selfWriter) LocalAddr() net.Addr  { return loopback }
-func (selfWriter) RemoteAddr() net.Addr { return loopback }
+var (
+	// selfWriter is TCP: the server wraps the writer of a lookup through it in a scrub writer
+	// that truncates for the "client", and a TCP client gets the whole answer.
+	selfWriter  = stubWriter{addr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 53}}
+	proxyWriter = stubWriter{addr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}}
+)
 
 // proxyExchanger resolves through a list of resolvers with plugin/pkg/proxy (the transport of
 // *forward*): UDP first, TCP when the answer is truncated, the next resolver when one fails.
@@ -180,18 +187,10 @@ func (pe *proxyExchanger) stop() {
 	}
 }
 
-// proxyWriter gives proxy.Connect the protocol and buffer size to use; it is never written to.
-type proxyWriter struct{ dns.ResponseWriter }
-
-var proxyLocal = &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}
-
-func (proxyWriter) LocalAddr() net.Addr  { return proxyLocal }
-func (proxyWriter) RemoteAddr() net.Addr { return proxyLocal }
-
 func (pe *proxyExchanger) exchange(ctx context.Context, q question, name string) (*dns.Msg, error) {
 	m := newQuery(name, q.key.qtype)
 	addECS(m, q.sub)
-	state := request.Request{W: proxyWriter{}, Req: m}
+	state := request.Request{W: proxyWriter, Req: m}
 	server := q.server
 
 	// Resolvers that are up first, in configured order, then the ones marked down: when every
