@@ -503,7 +503,7 @@ func TestCacheHammer(t *testing.T) {
 				if rng.IntN(16) == 0 {
 					q.path = &resolvePath{target: "nested.example.net."} // a nested lookup
 				}
-				e, src, err := c.get(context.Background(), s, q)
+				e, src, err := c.get(context.Background(), s, &q)
 				switch src {
 				case srcFresh, srcResolved, srcStale:
 					answered.Add(1)
@@ -596,7 +596,7 @@ func TestStartupRoundSkipsFreshEntry(t *testing.T) {
 	c := newTestCache(r, clk, keyA.name)
 	s := c.pin(keyA)
 	// The first query comes before the refresher has run.
-	if _, src, _ := c.get(context.Background(), s, question{key: s.key()}); src != srcResolved {
+	if _, src, _ := c.get(context.Background(), s, &question{key: s.key()}); src != srcResolved {
 		t.Fatalf("first query: src %d", src)
 	}
 	c.start()

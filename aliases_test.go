@@ -225,7 +225,7 @@ func TestAliasesAnswerFromTheirTargetsSlot(t *testing.T) {
 	for qi := range qtypes {
 		s := &a.one.slots[qi]
 		old := s.good.Load()
-		f.cache.refreshAsync(context.Background(), s, question{key: s.key()})
+		f.cache.refreshAsync(context.Background(), s, &question{key: s.key()})
 		waitFor(t, "the refresh", func() bool { return s.good.Load() != old })
 	}
 	check("refreshed", 100, "192.0.2.2", "2001:db8::2")
@@ -242,7 +242,7 @@ func TestAliasesAnswerFromTheirTargetsSlot(t *testing.T) {
 	clk.advance(failureTTL + time.Second)
 	for qi := range qtypes {
 		s := &a.one.slots[qi]
-		f.cache.refreshAsync(context.Background(), s, question{key: s.key()})
+		f.cache.refreshAsync(context.Background(), s, &question{key: s.key()})
 		waitFor(t, "the negative answer", func() bool { e := s.good.Load(); return e != nil && e.negative() })
 	}
 	check("negative", 0)

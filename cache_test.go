@@ -102,7 +102,7 @@ func TestCacheTTLCountsDownAndIsClamped(t *testing.T) {
 	c.cfg.ttlMin, c.cfg.ttlMax = 5, 3600
 	s := c.slotFor(keyA)
 
-	e, src, _ := c.get(context.Background(), s, question{key: s.key()})
+	e, src, _ := c.get(context.Background(), s, &question{key: s.key()})
 	if src != srcResolved || c.ttl(e, src, clk.now()) != 100 {
 		t.Fatalf("first answer: src %d ttl %d, want fresh 100", src, c.ttl(e, src, clk.now()))
 	}
@@ -115,7 +115,7 @@ func TestCacheTTLCountsDownAndIsClamped(t *testing.T) {
 		{7 * time.Second, 5}, // 3 left, raised to MIN
 	} {
 		clk.advance(tc.advance)
-		e, src, _ = c.get(context.Background(), s, question{key: s.key()})
+		e, src, _ = c.get(context.Background(), s, &question{key: s.key()})
 		if got := c.ttl(e, src, clk.now()); got != tc.want {
 			t.Errorf("after %v more: TTL %d, want %d", tc.advance, got, tc.want)
 		}
@@ -127,7 +127,7 @@ func TestCacheTTLCountsDownAndIsClamped(t *testing.T) {
 	// A chain TTL above MAX lives MAX seconds.
 	r.set(86400, nil)
 	s2 := c.slotFor(cacheKey{name: "long.example.net.", qtype: dns.TypeA})
-	e, src, _ = c.get(context.Background(), s2, question{key: s2.key()})
+	e, src, _ = c.get(context.Background(), s2, &question{key: s2.key()})
 	if e.lifetime() != time.Hour || c.ttl(e, src, clk.now()) != 3600 {
 		t.Errorf("chain TTL 86400: lifetime %v TTL %d, want 1h and 3600", e.lifetime(), c.ttl(e, src, clk.now()))
 	}
@@ -139,15 +139,15 @@ func TestCacheExpiryResolvesAgain(t *testing.T) {
 	c := newTestCache(r, clk)
 	c.cfg.prefetch = 0.01
 	s := c.slotFor(keyA)
-	e, _, _ := c.get(context.Background(), s, question{key: s.key()})
+	e, _, _ := c.get(context.Background(), s, &question{key: s.key()})
 	first := lastOctet(e)
 
 	clk.advance(59 * time.Second)
-	if e, _, _ = c.get(context.Background(), s, question{key: s.key()}); lastOctet(e) != first || r.count(keyA) != 1 {
+	if e, _, _ = c.get(context.Background(), s, &question{key: s.key()}); lastOctet(e) != first || r.count(keyA) != 1 {
 		t.Fatalf("before expiry: a new resolution happened")
 	}
 	clk.advance(2 * time.Second)
-	e, src, _ := c.get(context.Background(), s, question{key: s.key()})
+	e, src, _ := c.get(context.Background(), s, &question{key: s.key()})
 	if src != srcResolved || lastOctet(e) == first || r.count(keyA) != 2 {
 		t.Errorf("after expiry: src %d, address .%d (first .%d), %d resolutions; want a fresh new answer from a 2nd resolution",
 			src, lastOctet(e), first, r.count(keyA))
@@ -160,16 +160,16 @@ func TestCachePrefetchAtThreshold(t *testing.T) {
 	c := newTestCache(r, clk)
 	c.cfg.prefetch = 0.10
 	s := c.slotFor(keyA)
-	c.get(context.Background(), s, question{key: s.key()})
+	c.get(context.Background(), s, &question{key: s.key()})
 
 	clk.advance(89 * time.Second) // 11% left: not yet
-	c.get(context.Background(), s, question{key: s.key()})
+	c.get(context.Background(), s, &question{key: s.key()})
 	c.bg.wg.Wait()
 	if n := r.count(keyA); n != 1 {
 		t.Fatalf("prefetch fired with 11%% of the TTL left (%d resolutions)", n)
 	}
 	clk.advance(2 * time.Second) // 9% left
-	e, src, _ := c.get(context.Background(), s, question{key: s.key()})
+	e, src, _ := c.get(context.Background(), s, &question{key: s.key()})
 	if src != srcFresh || lastOctet(e) != 1 {
 		t.Errorf("the query that triggers a prefetch is answered from the entry it has: src %d .%d", src, lastOctet(e))
 	}
@@ -177,7 +177,7 @@ func TestCachePrefetchAtThreshold(t *testing.T) {
 	if n := r.count(keyA); n != 2 {
 		t.Fatalf("prefetch did not fire with 9%% left (%d resolutions)", n)
 	}
-	if e, _, _ := c.get(context.Background(), s, question{key: s.key()}); lastOctet(e) != 2 {
+	if e, _, _ := c.get(context.Background(), s, &question{key: s.key()}); lastOctet(e) != 2 {
 		t.Errorf("after the prefetch the new answer is served: .%d", lastOctet(e))
 	}
 }
@@ -207,7 +207,7 @@ func TestCachePinnedRefreshedBeforeExpiry(t *testing.T) {
 
 	// A client never waits: the entry was replaced before it expired.
 	clk.advance(15 * time.Second)
-	if _, src, _ := c.get(context.Background(), s, question{key: s.key()}); src != srcFresh {
+	if _, src, _ := c.get(context.Background(), s, &question{key: s.key()}); src != srcFresh {
 		t.Errorf("after the scheduled refresh: src %d, want fresh", src)
 	}
 }
@@ -225,7 +225,7 @@ func TestCacheConcurrentMissesCoalesce(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, src, _ := c.get(context.Background(), s, question{key: s.key()}); src == srcResolved {
+			if _, src, _ := c.get(context.Background(), s, &question{key: s.key()}); src == srcResolved {
 				fresh.Add(1)
 			}
 		}()
@@ -250,7 +250,7 @@ func TestCacheCapacityNeverExceeded(t *testing.T) {
 	pinned := c.pin(cacheKey{name: "pinned.example.net.", qtype: dns.TypeA})
 	for i := range 100 {
 		s := c.slotFor(cacheKey{name: fmt.Sprintf("n%d.example.net.", i), qtype: dns.TypeA})
-		c.get(context.Background(), s, question{key: s.key()})
+		c.get(context.Background(), s, &question{key: s.key()})
 		// The pinned target has an A and an AAAA slot.
 		if n := c.len(); n > 12 {
 			t.Fatalf("after %d names: %d entries, capacity 10 (+2 pinned)", i+1, n)
@@ -275,13 +275,13 @@ func TestCacheNegativeUsesSOAMinimum(t *testing.T) {
 	c.now = clk.now
 	c.cfg.ttlMin = 5
 	s := c.slotFor(keyA)
-	e, _, _ := c.get(context.Background(), s, question{key: s.key()})
+	e, _, _ := c.get(context.Background(), s, &question{key: s.key()})
 	if !e.negative() || !e.nxdomain || e.lifetime() != 120*time.Second {
 		t.Fatalf("negative entry: negative %v nxdomain %v lifetime %v, want true true 2m0s", e.negative(), e.nxdomain, e.lifetime())
 	}
 	c.cfg.ttlMax = 60 // clamped by ttl MAX too
 	c.slots = map[cacheKey]*slot{}
-	e, _, _ = c.get(context.Background(), c.slotFor(keyA), question{key: c.slotFor(keyA).key()})
+	e, _, _ = c.get(context.Background(), c.slotFor(keyA), &question{key: c.slotFor(keyA).key()})
 	if e.lifetime() != 60*time.Second {
 		t.Errorf("negative lifetime %v with ttl MAX 60", e.lifetime())
 	}
@@ -293,11 +293,11 @@ func TestCacheFailureLadder(t *testing.T) {
 	c := newTestCache(r, clk)
 	c.cfg.serveStale = time.Hour
 	s := c.slotFor(keyA)
-	c.get(context.Background(), s, question{key: s.key()})
+	c.get(context.Background(), s, &question{key: s.key()})
 
 	r.set(10, errTimeout("target.example.net."))
 	clk.advance(11 * time.Second) // expired
-	e, src, err := c.get(context.Background(), s, question{key: s.key()})
+	e, src, err := c.get(context.Background(), s, &question{key: s.key()})
 	if src != srcStale || e == nil || err == nil || err.reason != reasonTimeout {
 		t.Fatalf("upstream down after expiry: src %d err %v, want stale with the timeout", src, err)
 	}
@@ -306,7 +306,7 @@ func TestCacheFailureLadder(t *testing.T) {
 	}
 	calls := r.count(keyA)
 	for range 50 {
-		c.get(context.Background(), s, question{key: s.key()})
+		c.get(context.Background(), s, &question{key: s.key()})
 	}
 	if n := r.count(keyA); n != calls {
 		t.Errorf("50 queries during a remembered failure caused %d resolutions, want 0", n-calls)
@@ -315,7 +315,7 @@ func TestCacheFailureLadder(t *testing.T) {
 	// After the failure is no longer remembered, one query retries in the background and is
 	// answered stale at once.
 	clk.advance(failureTTL + time.Second)
-	if _, src, _ = c.get(context.Background(), s, question{key: s.key()}); src != srcStale {
+	if _, src, _ = c.get(context.Background(), s, &question{key: s.key()}); src != srcStale {
 		t.Errorf("retry after the failure memory: src %d, want stale without waiting", src)
 	}
 	c.bg.wg.Wait()
@@ -325,7 +325,7 @@ func TestCacheFailureLadder(t *testing.T) {
 
 	// Past the stale window: nothing to serve, and the reason.
 	clk.advance(time.Hour)
-	if e, src, err = c.get(context.Background(), s, question{key: s.key()}); src != srcNone || e != nil || err == nil {
+	if e, src, err = c.get(context.Background(), s, &question{key: s.key()}); src != srcNone || e != nil || err == nil {
 		t.Errorf("past the stale window: src %d entry %v err %v, want none with an error", src, e, err)
 	}
 
@@ -333,10 +333,10 @@ func TestCacheFailureLadder(t *testing.T) {
 	c2 := newTestCache(newFakeResolver(10), clk)
 	c2.cfg.serveStale = 0
 	s2 := c2.slotFor(keyA)
-	c2.get(context.Background(), s2, question{key: s2.key()})
+	c2.get(context.Background(), s2, &question{key: s2.key()})
 	c2.resolve = func(context.Context, question) (*chain, error) { return nil, errors.New("down") }
 	clk.advance(11 * time.Second)
-	if _, src, _ = c2.get(context.Background(), s2, question{key: s2.key()}); src != srcNone {
+	if _, src, _ = c2.get(context.Background(), s2, &question{key: s2.key()}); src != srcNone {
 		t.Errorf("serve_stale 0: src %d, want none", src)
 	}
 }
@@ -348,7 +348,7 @@ func TestCacheClientWaitsAtMostTimeout(t *testing.T) {
 	c := newTestCache(r, clk)
 	c.cfg.timeout = 50 * time.Millisecond
 	defer c.stop()
-	_, src, err := c.get(context.Background(), c.slotFor(keyA), question{key: c.slotFor(keyA).key()})
+	_, src, err := c.get(context.Background(), c.slotFor(keyA), &question{key: c.slotFor(keyA).key()})
 	if src != srcNone || err == nil || err.reason != reasonTimeout {
 		t.Errorf("hung upstream: src %d err %v, want none with a timeout", src, err)
 	}
@@ -452,7 +452,7 @@ func TestCachePinnedFailureStandsUntilRetry(t *testing.T) {
 	}
 	waitFor(t, "the retry to be scheduled", scheduled)
 	clk.advance(6 * time.Second) // past failureTTL, before the retry at 8 s
-	e, src, err := c.get(context.Background(), s, question{key: s.key()})
+	e, src, err := c.get(context.Background(), s, &question{key: s.key()})
 	if e != nil || src != srcNone || err == nil || err.reason != reasonTimeout {
 		t.Errorf("get = %v, %v, %v; want nothing, with the remembered timeout", e, src, err)
 	}

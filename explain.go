@@ -148,7 +148,7 @@ func (f *Flatten) explainAnswer(ctx context.Context, w dns.ResponseWriter, r *dn
 	}
 	q := r.Copy()
 	q.Question[0] = dns.Question{Name: name, Qtype: qtype, Qclass: dns.ClassINET}
-	v := f.decide(ctx, w, q, question{peek: true}, slots)
+	v := f.decide(ctx, w, q, &question{peek: true}, slots)
 	typ := dns.TypeToString[qtype]
 	switch c := v.candidate; {
 	case c.e == nil && len(v.fallback) > 0:
@@ -176,7 +176,7 @@ func (f *Flatten) explainTarget(i int, target string, qtype uint16, now time.Tim
 		b.WriteString(" state=unknown")
 		return b.String()
 	}
-	e, src, _ := f.cache.get(context.Background(), s, question{key: s.key(), peek: true})
+	e, src, _ := f.cache.get(context.Background(), s, &question{key: s.key(), peek: true})
 	switch {
 	case src == srcFresh:
 		b.WriteString(" state=fresh")

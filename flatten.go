@@ -244,7 +244,7 @@ func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg,
 		q.sub, _ = f.cfg.ecs.subnet(w, r, q.nested())
 	}
 
-	v := f.decide(ctx, w, r, q, slots)
+	v := f.decide(ctx, w, r, &q, slots)
 	if c := v.candidate; c.e != nil {
 		switch c.src {
 		case srcFresh:
@@ -283,7 +283,7 @@ type verdict struct {
 // the best of the targets' answers (pick), then the zone's own records at the name (the ANAME
 // draft's sibling addresses), then SERVFAIL. With q.peek it says what a query would get now
 // (explain).
-func (f *Flatten) decide(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, q question, slots []*slot) verdict {
+func (f *Flatten) decide(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, q *question, slots []*slot) verdict {
 	c, err := f.pick(ctx, q, slots)
 	if c.e != nil {
 		return verdict{candidate: c}
@@ -298,7 +298,7 @@ func (f *Flatten) decide(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, 
 // a sixth of a warm hit's CPU in a *pprof* profile under dnsperf).
 //
 //go:noinline
-func (f *Flatten) pick(ctx context.Context, q question, slots []*slot) (candidate, *resolveError) {
+func (f *Flatten) pick(ctx context.Context, q *question, slots []*slot) (candidate, *resolveError) {
 	var pk picker
 	for i, s := range slots {
 		target := s.name

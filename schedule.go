@@ -134,7 +134,7 @@ func (c *cache) refreshPinned(s *slot) {
 		if fl == nil {
 			var started bool
 			q := question{key: s.key(), pace: c.limiter, server: c.cfg.server}
-			if fl, started = c.claim(c.bg.ctx, s, q); started {
+			if fl, started = c.claim(c.bg.ctx, s, &q); started {
 				refreshes.WithLabelValues(c.cfg.server).Inc()
 			}
 		}
