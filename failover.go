@@ -77,10 +77,13 @@ func (p *picker) fail(err *resolveError) {
 
 // best returns the best answer offered; its e is nil when no target has one.
 func (p *picker) best() candidate {
-	for _, c := range [...]candidate{p.fresh, p.stale, p.down, p.negative} {
-		if c.e != nil {
-			return c
-		}
+	switch {
+	case p.fresh.e != nil:
+		return p.fresh
+	case p.stale.e != nil:
+		return p.stale
+	case p.down.e != nil:
+		return p.down
 	}
-	return candidate{}
+	return p.negative
 }

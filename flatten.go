@@ -300,30 +300,36 @@ func (f *Flatten) decide(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, 
 //go:noinline
 func (f *Flatten) pick(ctx context.Context, q *question, slots []*slot) (candidate, *resolveError) {
 	var pk picker
-	for i, s := range slots {
-		target := s.name
-		// A lookup through this server that comes back to a target that is already being
-		// resolved further up is a loop (a flattened name whose chain leads back to itself).
-		if q.path.contains(target) || q.path.len() > f.cfg.maxDepth {
-			pk.fail(errLoop(target))
-			continue
-		}
-		if i == 1 {
-			// The first target had no usable answer: the rest share one timeout, so that a
-			// client waits at most twice the timeout however many targets there are.
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, f.cfg.timeout)
-			defer cancel()
-		}
-		// The key of this target and type, for the client's network when it has one.
-		q.key = cacheKey{name: target, qtype: s.qtype(), scope: subnetOf(q.sub)}
-		e, src, rerr := f.cache.get(ctx, s, q)
-		if pk.add(i, e, src, rerr, f.health) {
-			break
+	if f.offer(ctx, q, &pk, 0, slots[0]) {
+		return pk.fresh, nil
+	}
+	if len(slots) > 1 {
+		// The first target had no usable answer: the rest share one timeout, so that a client
+		// waits at most twice the timeout however many targets there are.
+		ctx, cancel := context.WithTimeout(ctx, f.cfg.timeout)
+		defer cancel()
+		for i := 1; i < len(slots) && !f.offer(ctx, q, &pk, i, slots[i]); i++ {
 		}
 	}
-
 	return pk.best(), pk.err
+}
+
+// offer asks s, the slot of target i, what to answer q with, and offers it to pk; it reports
+// whether that is the best answer possible.
+func (f *Flatten) offer(ctx context.Context, q *question, pk *picker, i int, s *slot) bool {
+	// A lookup through this server that comes back to a target that is already being resolved
+	// further up is a loop (a flattened name whose chain leads back to itself).
+	if q.path != nil && (q.path.contains(s.name) || q.path.len() > f.cfg.maxDepth) {
+		pk.fail(errLoop(s.name))
+		return false
+	}
+	// The key of this target and type, for the client's network when it has one.
+	q.key = cacheKey{name: s.name, qtype: s.qtype()}
+	if q.sub.IsValid() {
+		q.key.scope = subnetOf(q.sub)
+	}
+	e, src, err := f.cache.get(ctx, s, q)
+	return pk.add(i, e, src, err, f.health)
 }
 
 // answer writes a flattened answer from e: the address RRset under the question name exactly
