@@ -328,6 +328,13 @@ func rcodeCase(rcode int, text string) faultCase {
 	}
 }
 
+// askedTwice is c for an rcode that may mean the upstream does not speak EDNS: the question is
+// asked again without it (RFC 6891 7), and fails the same way.
+func askedTwice(c faultCase) faultCase {
+	c.asked = map[string]int{faultTarget: 2}
+	return c
+}
+
 func faultCases() []faultCase {
 	servfailEDE := rcodeCase(dns.RcodeServerFailure, "SERVFAIL")
 	servfailEDE.name = "SERVFAIL with the upstream's EDE"
@@ -422,8 +429,8 @@ func faultCases() []faultCase {
 		rcodeCase(dns.RcodeServerFailure, "SERVFAIL"),
 		servfailEDE,
 		rcodeCase(dns.RcodeRefused, "REFUSED"),
-		rcodeCase(dns.RcodeFormatError, "FORMERR"),
-		rcodeCase(dns.RcodeNotImplemented, "NOTIMP"),
+		askedTwice(rcodeCase(dns.RcodeFormatError, "FORMERR")),
+		askedTwice(rcodeCase(dns.RcodeNotImplemented, "NOTIMP")),
 		{
 			name: "wrong ID",
 			setup: handleWith(faultTarget, func(w dns.ResponseWriter, r *dns.Msg) {

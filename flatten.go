@@ -168,6 +168,12 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 		if f.cfg.explainNets != nil && isExplainQuery(r) {
 			return f.explain(ctx, w, r)
 		}
+		if len(r.Question) == 1 {
+			if _, ok := f.aliases.get(r.Question[0].Name); ok {
+				// Another type at a configured alias: the zone answers, but the name exists.
+				w = existingName{w}
+			}
+		}
 		return plugin.NextOrFailure(f.Name(), f.Next, ctx, w, r)
 	}
 	qname, qtype := r.Question[0].Name, r.Question[0].Qtype
@@ -300,6 +306,9 @@ func (f *Flatten) decide(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, 
 //go:noinline
 func (f *Flatten) pick(ctx context.Context, q *question, slots []*slot) (candidate, *resolveError) {
 	var pk picker
+	if len(slots) == 0 { // explain, for a target no query has asked about yet
+		return candidate{}, nil
+	}
 	if f.offer(ctx, q, &pk, 0, slots[0]) {
 		return pk.fresh, nil
 	}

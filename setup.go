@@ -146,7 +146,7 @@ func parseAlias(c *caddy.Controller, cfg *config, aliases aliasTable, pins map[s
 	if len(a) < 2 {
 		return c.Errf("'alias' takes a NAME and at least 1 TARGET, got %d argument(s): %v", len(a), a)
 	}
-	name, err := cfg.aliasName(c, a[0])
+	name, err := cfg.name(c, "alias name", a[0])
 	if err != nil {
 		return err
 	}
@@ -156,10 +156,9 @@ func parseAlias(c *caddy.Controller, cfg *config, aliases aliasTable, pins map[s
 	var targets []string
 	var pinned []*pinnedTarget
 	for _, t := range a[1:] {
-		target := strings.ToLower(t)
-		if !strings.HasSuffix(target, ".") {
-			return c.Errf("alias target '%s' must be an absolute name (end with a dot)", t)
-		}
+		// A target is an absolute name, with or without its trailing dot, as every CoreDNS
+		// plugin reads names (plugin/normalize.go).
+		target := strings.ToLower(dns.Fqdn(t))
 		if !hostname(target) {
 			return c.Errf("alias target '%s' is not a valid host name", t)
 		}
@@ -181,38 +180,44 @@ func parseAlias(c *caddy.Controller, cfg *config, aliases aliasTable, pins map[s
 	return nil
 }
 
-// aliasName resolves an alias NAME: `@` for the apex of the single zone, a name relative to the
-// single zone, or an absolute name inside ZONES. It returns the lowercased FQDN.
-func (cfg *config) aliasName(c *caddy.Controller, s string) (string, error) {
+// name resolves a NAME argument (what is the argument's kind, for errors) to a lowercased FQDN
+// inside ZONES, reading it as CoreDNS plugins read names:
+//   - `@` is the apex of the single zone;
+//   - a name with a trailing dot is absolute;
+//   - a name without one that is inside one of ZONES is that absolute name (`example.org` or
+//     `www.example.org` in an example.org block), as *file*, *hosts* and *rewrite* read it;
+//   - any other name without one is relative to the single zone (`www` is www.example.org.).
+func (cfg *config) name(c *caddy.Controller, what, s string) (string, error) {
+	lower := strings.ToLower(s)
 	var name string
 	switch {
 	case s == "@":
 		if len(cfg.zones) != 1 {
-			return "", c.Errf("alias name '@' needs exactly one zone, have %d: %v", len(cfg.zones), cfg.zones)
+			return "", c.Errf("%s '@' needs exactly one zone, have %d: %v", what, len(cfg.zones), cfg.zones)
 		}
 		name = cfg.zones[0]
 	case strings.HasSuffix(s, "."):
-		name = strings.ToLower(s)
+		name = lower
+	case plugin.Zones(cfg.zones).Matches(lower+".") != "":
+		name = lower + "."
 	default:
 		if len(cfg.zones) != 1 {
-			return "", c.Errf("relative alias name '%s' needs exactly one zone, have %d; write it as an absolute name", s, len(cfg.zones))
+			return "", c.Errf("%s '%s' is not inside the zones %v, and a relative name needs exactly one zone", what, s, cfg.zones)
 		}
-		name = strings.ToLower(s) + "." + cfg.zones[0]
-		if cfg.zones[0] == "." {
-			name = strings.ToLower(s) + "."
-		}
+		name = lower + "." + strings.TrimPrefix(cfg.zones[0], ".")
 	}
 	if !hostname(name) {
-		return "", c.Errf("alias name '%s' is not a valid host name", s)
+		return "", c.Errf("%s '%s' is not a valid host name", what, s)
 	}
 	if plugin.Zones(cfg.zones).Matches(name) == "" {
-		return "", c.Errf("alias name '%s' is not inside the zones %v", s, cfg.zones)
+		return "", c.Errf("%s '%s' is not inside the zones %v", what, s, cfg.zones)
 	}
 	return name, nil
 }
 
-// parseCNAME reads `cname NAMES...`: absolute names inside ZONES, `@` for the apex of the single
-// zone, `*.ZONE` for every name below a zone, or `*` for every name in ZONES.
+// parseCNAME reads `cname NAMES...`: names inside ZONES (read as alias names are, by name), `@`
+// for the apex of the single zone, `*.ZONE` for every name below a zone, or `*` for every name in
+// ZONES.
 func (cfg *config) parseCNAME(c *caddy.Controller) error {
 	a := c.RemainingArgs()
 	if len(a) == 0 {
@@ -225,27 +230,18 @@ func (cfg *config) parseCNAME(c *caddy.Controller) error {
 		switch {
 		case s == "*":
 			cfg.cnames.all = true
-		case s == "@":
-			if len(cfg.zones) != 1 {
-				return c.Errf("cname name '@' needs exactly one zone, have %d: %v", len(cfg.zones), cfg.zones)
-			}
-			cfg.cnames.exact[cfg.zones[0]] = true
+		case s == "*.":
+			return c.Errf("cname wildcard '*.' names no zone: write '*.ZONE'")
 		case strings.HasPrefix(s, "*."):
-			zone := strings.ToLower(s[2:])
-			if !strings.HasSuffix(zone, ".") || !hostname(zone) {
-				return c.Errf("cname wildcard '%s' must be '*.' followed by an absolute host name", s)
-			}
-			if plugin.Zones(cfg.zones).Matches(zone) == "" {
-				return c.Errf("cname wildcard '%s' is not inside the zones %v", s, cfg.zones)
+			zone, err := cfg.name(c, "cname wildcard", s[2:])
+			if err != nil {
+				return err
 			}
 			cfg.cnames.suffixes = append(cfg.cnames.suffixes, "."+zone)
 		default:
-			name := strings.ToLower(s)
-			if !strings.HasSuffix(name, ".") || !hostname(name) {
-				return c.Errf("cname name '%s' must be an absolute host name (end with a dot), '@', '*.ZONE' or '*'", s)
-			}
-			if plugin.Zones(cfg.zones).Matches(name) == "" {
-				return c.Errf("cname name '%s' is not inside the zones %v", s, cfg.zones)
+			name, err := cfg.name(c, "cname name", s)
+			if err != nil {
+				return err
 			}
 			cfg.cnames.exact[name] = true
 		}

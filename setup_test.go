@@ -3,6 +3,7 @@ package flatten
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -255,22 +256,31 @@ func TestParseAlias(t *testing.T) {
 			alias @ target.example.net.
 			alias a b.example.net. c.example.net. B.example.net.
 		}`, nil, true, "alias 'a' lists target 'B.example.net.' more than once", 3, nil, nil},
-		// 14c: a later target that is invalid, or the alias itself.
+		// 14c: a later target without its trailing dot (absolute all the same), or the alias
+		// itself.
 		{`flatten {
 			alias @ target.example.net.
 			alias a b.example.net. c.example.net
-		}`, nil, true, "alias target 'c.example.net' must be an absolute name", 3, nil, nil},
+		}`, nil, false, "", 0, []string{"example.org."}, map[string]aliasWant{
+			"example.org.":   {"target.example.net.", "example.org."},
+			"a.example.org.": {"b.example.net. c.example.net.", "example.org."},
+		}},
 		{`flatten {
 			alias @ target.example.net.
 			alias a b.example.net. A.example.org.
 		}`, nil, true, "alias 'a' points at itself", 3, nil, nil},
 
-		// Invalid targets.
-		// 15: not absolute.
+		// 15: a target is absolute with or without its trailing dot, as CoreDNS plugins read
+		// names: both spellings give the same target.
 		{`flatten {
 			alias www target.example.net.
-			alias @ target.example.net
-		}`, nil, true, "alias target 'target.example.net' must be an absolute name", 3, nil, nil},
+			alias @ Target.Example.NET
+		}`, nil, false, "", 0, []string{"example.org."}, map[string]aliasWant{
+			"www.example.org.": {"target.example.net.", "example.org."},
+			"example.org.":     {"target.example.net.", "example.org."},
+		}},
+
+		// Invalid targets.
 		// 16: an empty label.
 		{`flatten {
 			alias www target.example.net.
@@ -342,7 +352,7 @@ func TestParseAlias(t *testing.T) {
 		{`flatten example.org example.net {
 			alias example.org. target.example.com.
 			alias www target.example.com.
-		}`, nil, true, "relative alias name 'www' needs exactly one zone, have 2", 3, nil, nil},
+		}`, nil, true, "alias name 'www' is not inside the zones [example.org. example.net.], and a relative name needs exactly one zone", 3, nil, nil},
 
 		// The same NAME twice.
 		// 30
@@ -1251,6 +1261,70 @@ func TestParseHealthCheck(t *testing.T) {
 		}
 		if port != tc.port || interval != tc.interval {
 			t.Errorf("Test %d: health_check %d every %s, want %d every %s", i, port, interval, tc.port, tc.interval)
+		}
+	}
+}
+
+// TestParseNamesAsCoreDNSWrites: every name argument means the same name with or without its
+// trailing dot, as in every CoreDNS plugin (plugin/normalize.go). A dotless NAME inside one of the
+// block's zones is that absolute name; one that is not is relative to the single zone. The two
+// traps: `www.example.org` in an example.org block is not www.example.org.example.org., and
+// `example.org` is the apex.
+func TestParseNamesAsCoreDNSWrites(t *testing.T) {
+	type names struct{ aliases, cnames, suffixes []string }
+	parsed := func(t *testing.T, block string) names {
+		t.Helper()
+		f, err := parse(newSetupController(block, nil))
+		if err != nil {
+			t.Fatalf("%s: %v", block, err)
+		}
+		var n names
+		f.aliases.each(func(name string, a alias) {
+			n.aliases = append(n.aliases, name+" -> "+strings.Join(a.targets(), ","))
+		})
+		if f.cfg.cnames != nil {
+			n.cnames = slices.Sorted(maps.Keys(f.cfg.cnames.exact))
+			n.suffixes = f.cfg.cnames.suffixes
+		}
+		slices.Sort(n.aliases)
+		return n
+	}
+	for i, tc := range []struct {
+		zones     string // the flatten line's ZONES; the server block is example.org
+		spellings []string
+		want      names
+	}{
+		{"", []string{"alias www.example.org t.example.net.", "alias www.example.org. t.example.net", "alias www t.example.net", "alias WWW.Example.ORG T.Example.Net."},
+			names{aliases: []string{"www.example.org. -> t.example.net."}}},
+		{"", []string{"alias example.org t.example.net", "alias example.org. t.example.net.", "alias @ t.example.net", "alias Example.Org t.example.net."},
+			names{aliases: []string{"example.org. -> t.example.net."}}},
+		{"", []string{"alias @ myapp.paas.example.net", "alias @ myapp.paas.example.net."},
+			names{aliases: []string{"example.org. -> myapp.paas.example.net."}}},
+		// Inside a zone means below it label by label: notexample.org is not in example.org.
+		{"", []string{"alias notexample.org t.example.net", "alias notexample.org.example.org. t.example.net"},
+			names{aliases: []string{"notexample.org.example.org. -> t.example.net."}}},
+		{"example.org example.net", []string{"alias shop.example.net t.example.com", "alias shop.example.net. t.example.com."},
+			names{aliases: []string{"shop.example.net. -> t.example.com."}}},
+		{"", []string{"cname www.example.org *.shop.example.org example.org", "cname www *.shop @", "cname www.example.org. *.shop.example.org. example.org."},
+			names{cnames: []string{"example.org.", "www.example.org."}, suffixes: []string{".shop.example.org."}}},
+	} {
+		for _, line := range tc.spellings {
+			got := parsed(t, "flatten "+tc.zones+" {\n"+line+"\n}")
+			if !slices.Equal(got.aliases, tc.want.aliases) || !slices.Equal(got.cnames, tc.want.cnames) || !slices.Equal(got.suffixes, tc.want.suffixes) {
+				t.Errorf("Test %d: %q gives %+v, want %+v", i, line, got, tc.want)
+			}
+		}
+	}
+
+	// A name that is in no zone cannot be relative to one when there are several: refused, with
+	// the line.
+	for i, tc := range []struct{ block, err string }{
+		{"flatten example.org example.net {\nalias example.org t.example.com\nalias www t.example.com\n}", "Testfile:3 - Error during parsing: alias name 'www' is not inside the zones [example.org. example.net.], and a relative name needs exactly one zone"},
+		{"flatten example.org example.net {\ncname shop\n}", "Testfile:2 - Error during parsing: cname name 'shop' is not inside the zones"},
+		{"flatten {\nalias shop.example.com. t.example.com\n}", "Testfile:2 - Error during parsing: alias name 'shop.example.com.' is not inside the zones [example.org.]"},
+	} {
+		if _, err := parse(newSetupController(tc.block, nil)); err == nil || !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("Refused %d: error %v, want %q", i, err, tc.err)
 		}
 	}
 }

@@ -156,12 +156,31 @@ var (
 // proxyExchanger resolves through a list of resolvers with plugin/pkg/proxy (the transport of
 // *forward*): UDP first, TCP when the answer is truncated, the next resolver when one fails.
 type proxyExchanger struct {
-	proxies []*proxy.Proxy
+	resolvers []*resolver
 }
 
-// maxFails is how many consecutive failures mark a resolver down, so that it is tried last
-// until its health check succeeds (forward's default).
-const maxFails = 2
+// resolver is one upstream address and what flatten remembers of it. The proxy package would
+// probe a resolver that failed with `. IN NS` questions until it answers; flatten never asks it
+// to (it asks upstream only about the names it flattens), and keeps this memory instead.
+type resolver struct {
+	proxy *proxy.Proxy
+	// downUntil is when a resolver that did not answer (a timeout, a network error, an answer
+	// that is not one) is asked in configured order again; until then it is asked after the
+	// others. Nanoseconds since clockBase; 0 when it answered last.
+	downUntil atomic.Int64
+	// plainUntil is until when a resolver that answered FORMERR or NOTIMP to a question with
+	// EDNS, and answered it without, is asked without EDNS (RFC 6891 7).
+	plainUntil atomic.Int64
+}
+
+const (
+	// downFor is how long a resolver that did not answer is asked last: as long as a failure
+	// is remembered (failureTTL).
+	downFor = failureTTL
+	// plainFor is how long a resolver that does not speak EDNS is asked without it: as long as
+	// Unbound remembers a server's EDNS lameness (infra-host-ttl, 900 s).
+	plainFor = 15 * time.Minute
+)
 
 func newProxyExchanger(addrs []string, timeout time.Duration) *proxyExchanger {
 	pe := &proxyExchanger{}
@@ -170,49 +189,46 @@ func newProxyExchanger(addrs []string, timeout time.Duration) *proxyExchanger {
 	for _, a := range addrs {
 		p := proxy.NewProxy("flatten", a, transport.DNS)
 		p.SetReadTimeout(perTry)
-		pe.proxies = append(pe.proxies, p)
+		pe.resolvers = append(pe.resolvers, &resolver{proxy: p})
 	}
 	return pe
 }
 
 func (pe *proxyExchanger) start() {
-	for _, p := range pe.proxies {
-		p.Start(500 * time.Millisecond)
+	for _, r := range pe.resolvers {
+		// The probe interval is never used: nothing calls Healthcheck.
+		r.proxy.Start(time.Second)
 	}
 }
 
 func (pe *proxyExchanger) stop() {
-	for _, p := range pe.proxies {
-		p.Stop()
+	for _, r := range pe.resolvers {
+		r.proxy.Stop()
 	}
 }
 
 func (pe *proxyExchanger) exchange(ctx context.Context, q question, name string) (*dns.Msg, error) {
-	m := newQuery(name, q.key.qtype)
-	addECS(m, q.sub)
-	state := request.Request{W: proxyWriter, Req: m}
-	server := q.server
-
-	// Resolvers that are up first, in configured order, then the ones marked down: when every
-	// resolver is down we still try them rather than fail without asking.
-	order := make([]*proxy.Proxy, 0, len(pe.proxies))
-	for _, p := range pe.proxies {
-		if !p.Down(maxFails) {
-			order = append(order, p)
+	// Resolvers that answered last first, in configured order, then the ones that did not:
+	// when none answers we still try them all rather than fail without asking.
+	now := since(time.Now())
+	order := make([]*resolver, 0, len(pe.resolvers))
+	for _, r := range pe.resolvers {
+		if r.downUntil.Load() <= now {
+			order = append(order, r)
 		}
 	}
-	for _, p := range pe.proxies {
-		if p.Down(maxFails) {
-			order = append(order, p)
+	for _, r := range pe.resolvers {
+		if r.downUntil.Load() > now {
+			order = append(order, r)
 		}
 	}
 
 	var last error
-	for _, p := range order {
+	for _, r := range order {
 		if ctx.Err() != nil {
 			break
 		}
-		resp, err := pe.try(ctx, p, state, server)
+		resp, err := r.try(ctx, q, name)
 		if err == nil {
 			return resp, nil
 		}
@@ -224,42 +240,64 @@ func (pe *proxyExchanger) exchange(ctx context.Context, q question, name string)
 	return nil, asResolveError(name, last)
 }
 
-// try asks one resolver, over UDP and then over TCP if the UDP answer was truncated.
-func (pe *proxyExchanger) try(ctx context.Context, p *proxy.Proxy, state request.Request, server string) (*dns.Msg, error) {
+// try asks r for name. A resolver that answers FORMERR or NOTIMP to a question with EDNS is asked
+// once more without it (RFC 6891 7: a responder that does not implement EDNS answers FORMERR,
+// and the requester retries without the OPT record), and is asked so for plainFor when that
+// succeeds.
+func (r *resolver) try(ctx context.Context, q question, name string) (*dns.Msg, error) {
+	plain := r.plainUntil.Load() > since(time.Now())
+	resp, err := r.ask(ctx, q, name, plain)
+	if err == nil && !plain && (resp.Rcode == dns.RcodeFormatError || resp.Rcode == dns.RcodeNotImplemented) {
+		if p, perr := r.ask(ctx, q, name, true); perr == nil && p.Rcode != dns.RcodeFormatError && p.Rcode != dns.RcodeNotImplemented {
+			r.plainUntil.Store(since(time.Now().Add(plainFor)))
+			resp = p
+		}
+	}
+	if err == nil && (resp.Rcode == dns.RcodeServerFailure || resp.Rcode == dns.RcodeRefused ||
+		resp.Rcode == dns.RcodeNotImplemented || resp.Rcode == dns.RcodeFormatError) {
+		err = errRcode(name, resp)
+	}
+	if err != nil {
+		re := asResolveError(name, err)
+		upstreamErrors.WithLabelValues(q.server, re.reason).Inc()
+		if re.reason != reasonRcode {
+			// A resolver that answers, even with SERVFAIL, is alive.
+			r.downUntil.Store(since(time.Now().Add(downFor)))
+		}
+		return nil, re
+	}
+	r.downUntil.Store(0)
+	return resp, nil
+}
+
+// ask sends r one question for name, over UDP and then over TCP if the UDP answer was truncated
+// (RFC 7766, RFC 1035 4.2.1): with EDNS and the question's client network, or plain.
+func (r *resolver) ask(ctx context.Context, q question, name string, plain bool) (*dns.Msg, error) {
+	m := newQuery(name, q.key.qtype)
+	if plain {
+		m.Extra = nil
+	} else {
+		addECS(m, q.sub)
+	}
+	state := request.Request{W: proxyWriter, Req: m}
 	opts := proxy.Options{PreferUDP: true}
 	for {
-		upstreamQueries.WithLabelValues(server).Inc()
-		resp, _, _, err := p.Connect(ctx, state, opts)
+		upstreamQueries.WithLabelValues(q.server).Inc()
+		resp, _, _, err := r.proxy.Connect(ctx, state, opts)
 		if errors.Is(err, proxy.ErrCachedClosed) {
 			// A pooled connection the resolver had closed: dial a new one, as forward does.
 			continue
 		}
 		if err == nil {
-			err = checkAnswer(state.Req, resp)
+			err = checkAnswer(m, resp)
 		}
 		if err == nil && resp.Truncated && !opts.ForceTCP {
-			// RFC 7766 / RFC 1035 4.2.1: a truncated UDP answer is retried over TCP.
 			opts = proxy.Options{ForceTCP: true}
 			continue
 		}
-		if err == nil && (resp.Rcode == dns.RcodeServerFailure || resp.Rcode == dns.RcodeRefused ||
-			resp.Rcode == dns.RcodeNotImplemented || resp.Rcode == dns.RcodeFormatError) {
-			err = errRcode(state.Name(), resp)
-		}
 		if err == nil && resp.Truncated {
-			err = errMalformed(state.Name(), "truncated answer over TCP")
+			err = errMalformed(name, "truncated answer over TCP")
 		}
-		if err != nil {
-			re := asResolveError(state.Name(), err)
-			upstreamErrors.WithLabelValues(server, re.reason).Inc()
-			var rerr *resolveError
-			if !errors.As(err, &rerr) || rerr.reason != reasonRcode {
-				// A resolver that answers, even with SERVFAIL, is alive; one that does not
-				// is probed until it does (and is tried last meanwhile).
-				p.Healthcheck()
-			}
-			return nil, re
-		}
-		return resp, nil
+		return resp, err
 	}
 }

@@ -43,6 +43,34 @@ func withoutServer(ctx context.Context) context.Context {
 	return context.WithValue(ctx, dnsserver.Key{}, noServer{})
 }
 
+// existingName writes the next plugin's answer for a configured alias's name, which the zone may
+// not hold at all: NXDOMAIN there becomes NODATA, NOERROR with the zone's SOA (RFC 2308 2.2). A
+// name that answers A or AAAA exists, and NXDOMAIN for it would let a resolver deny it and every
+// name below it (RFC 8020), its addresses included; a mail server would bounce instead of falling
+// back to the A record (RFC 5321 5.1). *dnssec* above signs the NODATA with a proof that the name
+// exists. An answer that holds records (a CNAME chain whose end does not exist) is left as it is,
+// and so is a signed zone's own denial (NSEC or NSEC3 records): it proves NXDOMAIN, and a
+// validator would reject it under another rcode.
+type existingName struct{ dns.ResponseWriter }
+
+func (w existingName) WriteMsg(m *dns.Msg) error {
+	if m.Rcode == dns.RcodeNameError && len(m.Answer) == 0 && !hasDenial(m) {
+		m = m.Copy() // the message is the plugin's below; never change it (plugin.md)
+		m.Rcode = dns.RcodeSuccess
+	}
+	return w.ResponseWriter.WriteMsg(m)
+}
+
+// hasDenial reports whether m's authority section holds NSEC or NSEC3 records.
+func hasDenial(m *dns.Msg) bool {
+	for _, rr := range m.Ns {
+		if t := rr.Header().Rrtype; t == dns.TypeNSEC || t == dns.TypeNSEC3 {
+			return true
+		}
+	}
+	return false
+}
+
 // zoneAddrs returns the records of the query's type that the zone itself holds at the query's
 // name: the fallback served when the target cannot be resolved.
 func (f *Flatten) zoneAddrs(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) []dns.RR {

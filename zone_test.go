@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -304,10 +305,11 @@ func TestZoneOptionsParse(t *testing.T) {
 		{"flatten {\n cname @ www.example.org. *.example.org. *\n}", ""},
 		{"flatten {\n zone_alias extra\n}", "Testfile:2 - Error during parsing: 'zone_alias' takes 0 argument(s)"},
 		{"flatten {\n cname\n}", "Testfile:2 - Error during parsing: 'cname' takes at least 1 argument"},
-		{"flatten {\n cname www\n}", "must be an absolute host name"},
+		{"flatten {\n cname www\n}", ""}, // relative to the zone: www.example.org.
 		{"flatten {\n cname www.other.net.\n}", "is not inside the zones"},
 		{"flatten {\n cname *.other.net.\n}", "is not inside the zones"},
-		{"flatten {\n cname *.\n}", "must be '*.' followed by an absolute host name"},
+		{"flatten {\n cname *.\n}", "cname wildcard '*.' names no zone"},
+		{"flatten {\n cname bad..name\n}", "cname name 'bad..name' is not a valid host name"},
 	} {
 		c := caddy.NewTestController("dns", tc.in)
 		c.ServerBlockKeys = []string{"example.org.:53"}
@@ -357,4 +359,102 @@ func TestCNAMELeavingTheZoneIsCachedWithSelfResolution(t *testing.T) {
 		e := ede(m)
 		return m.Rcode == dns.RcodeSuccess && e != nil && e.InfoCode == dns.ExtendedErrorCodeStaleAnswer && len(addrs(t, m, "www.example.org.")) == 2
 	})
+}
+
+// TestAliasNameExistsForEveryType: a name flattened with `alias` that the zone holds no record
+// at answers every other type with NODATA (NOERROR and the zone's SOA, RFC 2308), over UDP and
+// TCP, never NXDOMAIN: RFC 8020 would let a resolver deny the name and everything below it, its
+// addresses included. Names below it, and names that do exist, keep the zone's answer.
+func TestAliasNameExistsForEveryType(t *testing.T) {
+	u := newFakeUpstream(t, agencyRecords...)
+	u.setRecursive()
+	addr, _ := startCoreDNS(t, flattenCorefile(exampleZone(t, "mx-only 3600 IN MX 10 mail.example.org."),
+		"alias shop client1.agency.test.", "alias mx-only client1.agency.test.", "upstream "+u.Addr))
+	checkAddrs(t, query(t, addr, "udp", "shop.example.org.", dns.TypeA, 0), "shop.example.org.", "192.0.2.10", "192.0.2.11")
+	for _, proto := range []string{"udp", "tcp"} {
+		for _, qtype := range []uint16{dns.TypeMX, dns.TypeTXT, dns.TypeCAA, dns.TypeHTTPS, dns.TypeANY, typeALIAS, dns.TypeDS} {
+			m := query(t, addr, proto, "ShOp.example.org.", qtype, 1232)
+			if m.Rcode != dns.RcodeSuccess || len(m.Answer) != 0 || len(m.Ns) != 1 || m.Ns[0].Header().Rrtype != dns.TypeSOA {
+				t.Errorf("%s shop %s: want NODATA with the SOA, got\n%s", proto, dns.TypeToString[qtype], m)
+			}
+		}
+	}
+	// What the zone holds at an alias's name is answered as it is.
+	if m := query(t, addr, "udp", "mx-only.example.org.", dns.TypeMX, 0); m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 {
+		t.Errorf("mx-only MX: want the zone's MX, got\n%s", m)
+	}
+	// Below a flattened name, and at a name nothing flattens, the zone's NXDOMAIN stands.
+	for _, name := range []string{"x.shop.example.org.", "nothing.example.org."} {
+		if m := query(t, addr, "udp", name, dns.TypeMX, 0); m.Rcode != dns.RcodeNameError {
+			t.Errorf("%s MX: rcode %s, want NXDOMAIN", name, dns.RcodeToString[m.Rcode])
+		}
+	}
+}
+
+// TestAliasNameExistsSigned: with *dnssec*, the denial at an alias name absent from the zone is a
+// NODATA proof: an NSEC at the name itself whose bitmap has A and AAAA and not the type asked.
+func TestAliasNameExistsSigned(t *testing.T) {
+	key, keyfile := newZoneKey(t, "example.org.")
+	u := newFakeUpstream(t, agencyRecords...)
+	u.setRecursive()
+	addr, _ := startCoreDNS(t, fmt.Sprintf(`example.org:0 {
+	bind 127.0.0.1
+	dnssec {
+		key file %s
+	}
+	flatten {
+		alias shop client1.agency.test.
+		upstream %s
+	}
+	file %s example.org
+}
+`, keyfile, u.Addr, exampleZone(t)))
+	for _, qtype := range []uint16{dns.TypeMX, dns.TypeTXT} {
+		m := doQuery(t, addr, "shop.example.org.", qtype, true)
+		if m.Rcode != dns.RcodeSuccess || len(m.Answer) != 0 {
+			t.Fatalf("shop %s: want NOERROR and no answer, got\n%s", dns.TypeToString[qtype], m)
+		}
+		nsecs := checkSigned(t, m, m.Ns, "shop.example.org.", dns.TypeNSEC, key)
+		if len(nsecs) != 1 {
+			t.Fatalf("shop %s: want one NSEC at shop.example.org., got\n%s", dns.TypeToString[qtype], m)
+		}
+		bitmap := nsecs[0].(*dns.NSEC).TypeBitMap
+		if !slices.Contains(bitmap, dns.TypeA) || !slices.Contains(bitmap, dns.TypeAAAA) || slices.Contains(bitmap, qtype) {
+			t.Errorf("shop %s: NSEC bitmap %v, want A and AAAA, not %s", dns.TypeToString[qtype], bitmap, dns.TypeToString[qtype])
+		}
+	}
+}
+
+// TestExistingNameWriter: only an NXDOMAIN for the name itself becomes NODATA; a chain that ends
+// in NXDOMAIN and a signed zone's own denial are written as they are, and the message from below
+// is never changed.
+func TestExistingNameWriter(t *testing.T) {
+	soa := mustRR(t, "example.org. 300 IN SOA ns1.example.org. hostmaster.example.org. 1 7200 3600 1209600 300")
+	for i, tc := range []struct {
+		rcode  int
+		answer []dns.RR
+		ns     []dns.RR
+		want   int
+	}{
+		{dns.RcodeNameError, nil, []dns.RR{soa}, dns.RcodeSuccess},
+		{dns.RcodeNameError, []dns.RR{mustRR(t, "shop.example.org. 300 IN CNAME gone.example.org.")}, []dns.RR{soa}, dns.RcodeNameError},
+		{dns.RcodeNameError, nil, []dns.RR{soa, mustRR(t, "s.example.org. 300 IN NSEC t.example.org. A RRSIG NSEC")}, dns.RcodeNameError},
+		{dns.RcodeSuccess, nil, []dns.RR{soa}, dns.RcodeSuccess},
+		{dns.RcodeServerFailure, nil, nil, dns.RcodeServerFailure},
+	} {
+		q := new(dns.Msg)
+		q.SetQuestion("shop.example.org.", dns.TypeMX)
+		m := new(dns.Msg)
+		m.SetRcode(q, tc.rcode)
+		m.Answer, m.Ns = tc.answer, tc.ns
+		rec := dnstest.NewRecorder(&test.ResponseWriter{})
+		existingName{rec}.WriteMsg(m)
+		if rec.Msg.Rcode != tc.want || len(rec.Msg.Ns) != len(tc.ns) || len(rec.Msg.Answer) != len(tc.answer) {
+			t.Errorf("Test %d: wrote rcode %s with %d answers and %d in authority, want %s, %d and %d", i,
+				dns.RcodeToString[rec.Msg.Rcode], len(rec.Msg.Answer), len(rec.Msg.Ns), dns.RcodeToString[tc.want], len(tc.answer), len(tc.ns))
+		}
+		if m.Rcode != tc.rcode {
+			t.Errorf("Test %d: the message from below was changed", i)
+		}
+	}
 }

@@ -155,6 +155,7 @@ example.com:$port {
     flatten {
         alias @ client1.agency.example.
         alias v4only client3.agency.example.
+        alias shop client1.agency.example.
     }
     file $tmp/db.example.com example.com
 }
@@ -324,6 +325,12 @@ delv_check "flattened A" example.com A "; fully validated"
 delv_check "flattened AAAA" example.com AAAA "; fully validated"
 delv_check "NODATA" v4only.example.com AAAA "; negative response, fully validated"
 delv_check "apex MX" example.com MX "; fully validated"
+# shop has no record in the zone file, only its alias: other types get NODATA (the name exists),
+# proved as such, never NXDOMAIN.
+secure "alias name absent from the zone, MX" shop.example.com MX
+secure "alias name absent from the zone, A" shop.example.com A "shop\.example\.com\..*IN[[:space:]]+A[[:space:]]+192\.0\.2\.10\$"
+delv_check "alias name absent from the zone, MX" shop.example.com MX "; negative response, fully validated"
+delv_check "alias name absent from the zone, TXT" shop.example.com TXT "; negative response, fully validated"
 
 # CoreDNS's own answers to DO queries: nothing owned by or signed by the agency's zone (which is
 # signed, so a DO bit passed on by flatten's lookups would bring its RRSIGs along).
