@@ -107,6 +107,25 @@ func (c *cache) pinned(name string) *pinnedTarget {
 	return nil
 }
 
+// pinnedAddrs returns the addresses the configured targets resolve to, fresh or stale: what
+// health checks probe. It reads the slots' entries without a lock (they are atomic), so the
+// prober may call it while queries are served.
+func (c *cache) pinnedAddrs() []netip.Addr {
+	var out []netip.Addr
+	for _, p := range c.pins {
+		for i := range p.slots {
+			if e := p.slots[i].good.Load(); e != nil {
+				for _, rr := range e.addrs() {
+					if ip, ok := rrAddr(rr); ok {
+						out = append(out, ip)
+					}
+				}
+			}
+		}
+	}
+	return out
+}
+
 // existing returns the slot for k if there is one, pinned or on demand, without making one.
 func (c *cache) existing(k cacheKey) *slot {
 	if !k.scope.IsValid() {

@@ -6,7 +6,6 @@ package flatten
 import (
 	"context"
 	"math"
-	"net/netip"
 	"strings"
 	"sync/atomic"
 
@@ -70,41 +69,8 @@ func (f *Flatten) build(resolve resolveFunc) {
 		f.zoneAliases = newZoneAliases(f.cfg.capacity)
 	}
 	if h := f.cfg.health; h != nil {
-		f.health = newHealthChecker(h.port, h.interval, f.aliasAddrs, f.cfg.server, f.bg)
+		f.health = newHealthChecker(h.port, h.interval, f.cache.pinnedAddrs, f.cfg.server, f.bg)
 	}
-}
-
-// aliasAddrs returns the addresses the configured aliases' targets resolve to, fresh or stale:
-// what health checks probe. It reads the cache's entries without locks (they are atomic), so
-// the prober may call it while queries are served.
-func (f *Flatten) aliasAddrs() []netip.Addr {
-	var out []netip.Addr
-	for _, p := range f.cache.pins {
-		for i := range p.slots {
-			if e := p.slots[i].good.Load(); e != nil {
-				for _, rr := range e.addrs() {
-					if ip, ok := rrAddr(rr); ok {
-						out = append(out, ip)
-					}
-				}
-			}
-		}
-	}
-	return out
-}
-
-// rrAddr is the address of an A or AAAA record, unmapped (A records unpack as 16-byte
-// IPv4-mapped slices); false for any other record.
-func rrAddr(rr dns.RR) (netip.Addr, bool) {
-	var ip netip.Addr
-	var ok bool
-	switch v := rr.(type) {
-	case *dns.A:
-		ip, ok = netip.AddrFromSlice(v.A)
-	case *dns.AAAA:
-		ip, ok = netip.AddrFromSlice(v.AAAA)
-	}
-	return ip.Unmap(), ok
 }
 
 // OnStartup takes over what the instance a reload replaces knows, and starts the upstream

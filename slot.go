@@ -1,6 +1,7 @@
 package flatten
 
 import (
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -201,4 +202,18 @@ func qtypeIndex(qtype uint16) int {
 		return 1
 	}
 	return 0
+}
+
+// rrAddr is the address of an A or AAAA record, unmapped (A records unpack as 16-byte
+// IPv4-mapped slices); false for any other record.
+func rrAddr(rr dns.RR) (netip.Addr, bool) {
+	var ip netip.Addr
+	var ok bool
+	switch v := rr.(type) {
+	case *dns.A:
+		ip, ok = netip.AddrFromSlice(v.A)
+	case *dns.AAAA:
+		ip, ok = netip.AddrFromSlice(v.AAAA)
+	}
+	return ip.Unmap(), ok
 }

@@ -251,7 +251,7 @@ func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns
 	}
 	if len(c.addrs) > 0 {
 		// The plugins below followed the whole chain inside the zone.
-		return writeAddrs(w, r, c.addrs, min(max(c.ttl, f.cfg.ttlMin), f.cfg.ttlMax))
+		return writeAddrs(w, r, c.addrs, f.cfg.clampTTL(c.ttl))
 	}
 	// The chain ends at a name flattened here: answer with what that name answers with. Asking
 	// upstream would ask the world for our own name (or ourselves, for a loop).
