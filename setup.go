@@ -21,6 +21,9 @@ import (
 func init() { plugin.Register("flatten", setup) }
 
 func setup(c *caddy.Controller) error {
+	if err := checkPlacement(dnsserver.Directives); err != nil {
+		return plugin.Error("flatten", err)
+	}
 	f, err := parse(c)
 	if err != nil {
 		return plugin.Error("flatten", err)
@@ -35,6 +38,39 @@ func setup(c *caddy.Controller) error {
 		f.Next = next
 		return f
 	})
+	return nil
+}
+
+// wrappers must come before flatten in the plugin order, so that they wrap it: *cache* keeps the
+// flattened answers, *dnssec* signs them (a signed zone would otherwise serve them unsigned, and
+// validators would call them bogus). answerers answer from data, and must come after flatten,
+// or they answer the apex (NODATA, mostly) before flatten sees the query.
+var (
+	wrappers  = []string{"cache", "dnssec", "minimal"}
+	answerers = []string{"template", "hosts", "file", "auto", "secondary", "etcd", "kubernetes",
+		"k8s_external", "route53", "azure", "clouddns", "forward", "grpc", "erratic", "whoami"}
+)
+
+// checkPlacement reports a CoreDNS built with flatten in the wrong place of its plugin order
+// (directives): CoreDNS would start, and flattening would silently do nothing, or go unsigned.
+func checkPlacement(directives []string) error {
+	at := slices.Index(directives, "flatten")
+	if at < 0 {
+		return nil // not in the order at all: a test calling setup, not a server
+	}
+	const fix = "build CoreDNS with 'flatten' directly after 'minimal' in plugin.cfg " +
+		"(COREDNS_PLUGINS appends it after 'forward', which is this mistake)"
+	for _, d := range answerers {
+		if i := slices.Index(directives, d); i >= 0 && i < at {
+			return fmt.Errorf("this CoreDNS runs flatten after %s, which answers first: nothing would be flattened; %s", d, fix)
+		}
+	}
+	for _, d := range wrappers {
+		if i := slices.Index(directives, d); i > at {
+			return fmt.Errorf("this CoreDNS runs flatten before %s, which then cannot wrap it: flattened answers would not be %s; %s",
+				d, map[string]string{"cache": "cached", "dnssec": "signed", "minimal": "minimal"}[d], fix)
+		}
+	}
 	return nil
 }
 

@@ -1328,3 +1328,44 @@ func TestParseNamesAsCoreDNSWrites(t *testing.T) {
 		}
 	}
 }
+
+// TestPlacementChecked: a CoreDNS built with flatten in the wrong place of its plugin order does
+// not start, and says why and what to do; in the right place (directly after minimal) it does.
+func TestPlacementChecked(t *testing.T) {
+	std := slices.Clone(dnsserver.Directives)
+	std = slices.DeleteFunc(std, func(d string) bool { return d == "flatten" })
+	at := func(after string) []string {
+		i := slices.Index(std, after)
+		return slices.Insert(slices.Clone(std), i+1, "flatten")
+	}
+	for i, tc := range []struct {
+		directives []string
+		err        string
+	}{
+		{at("minimal"), ""},
+		{append(slices.Clone(std), "flatten"), "runs flatten after template, which answers first"}, // COREDNS_PLUGINS
+		{at("file"), "runs flatten after template, which answers first"},
+		{slices.Insert(slices.Clone(std), slices.Index(std, "cache"), "flatten"), "runs flatten before cache, which then cannot wrap it: flattened answers would not be cached"},
+	} {
+		err := checkPlacement(tc.directives)
+		if (err == nil) != (tc.err == "") || (err != nil && !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("Test %d: %v, want %q", i, err, tc.err)
+		}
+	}
+
+	// A real server with flatten last, as COREDNS_PLUGINS builds it: CoreDNS does not start.
+	directivesMu.Lock()
+	orig := dnsserver.Directives
+	dnsserver.Directives = append(slices.Clone(std), "flatten")
+	directivesMu.Unlock()
+	t.Cleanup(func() {
+		directivesMu.Lock()
+		defer directivesMu.Unlock()
+		dnsserver.Directives = orig
+	})
+	err := startCoreDNSErr(t, flattenCorefile(exampleZone(t), "alias @ client1.agency.test.", "upstream 127.0.0.1:1"))
+	if err == nil || !strings.Contains(err.Error(), "plugin/flatten: this CoreDNS runs flatten after template") ||
+		!strings.Contains(err.Error(), "directly after 'minimal' in plugin.cfg") {
+		t.Errorf("flatten last in the plugin order: %v, want the placement error", err)
+	}
+}
