@@ -61,6 +61,34 @@ func (t aliasTable) each(fn func(name string, a alias)) {
 	}
 }
 
+// states counts the aliases whose every address type c answers fresh, and those with a type it
+// answers stale, as a query would find them now: from the first target, in order, that has a
+// fresh entry, else from one that has an entry within the stale window.
+func (t aliasTable) states(c *cache) (fresh, stale int) {
+	now := c.now()
+	var buf [1]*slot
+	t.each(func(_ string, a alias) {
+		allFresh, anyStale := true, false
+		for qi := range qtypes {
+			typeFresh, typeStale := false, false
+			for _, s := range a.slots(qi, buf[:0]) {
+				e := s.good.Load()
+				typeFresh = typeFresh || (e != nil && now.Before(e.expires()))
+				typeStale = typeStale || c.usable(e, now)
+			}
+			allFresh = allFresh && typeFresh
+			anyStale = anyStale || (!typeFresh && typeStale)
+		}
+		switch {
+		case allFresh:
+			fresh++
+		case anyStale:
+			stale++
+		}
+	})
+	return fresh, stale
+}
+
 // targets returns every configured target, once each, sorted by name: the cache's pinned targets.
 func (t aliasTable) targets() []*pinnedTarget {
 	out := make([]*pinnedTarget, 0, len(t.one))

@@ -31,7 +31,7 @@ type question struct {
 	// pace, for background refreshes (`refresh_rate`), is the limiter each upstream question
 	// after the first waits on; the refresher waited for the first outside the timeout.
 	pace   *rate.Limiter
-	server string // the `server` metrics label
+	labels metricLabels
 	// path is the targets being resolved by the lookups through this server that led to this
 	// one; nil for a client's query.
 	path *resolvePath
@@ -201,9 +201,10 @@ func (c *cache) drop(s *slot) {
 // countLocked sets the entries gauges: every slot, pinned and on demand, and those of client
 // networks. c.mu is held.
 func (c *cache) countLocked() {
-	cacheEntries.WithLabelValues(c.cfg.server).Set(float64(len(c.slots) + 2*len(c.pins)))
+	l := c.cfg.labels
+	cacheEntries.WithLabelValues(l.server, l.zones, l.view).Set(float64(len(c.slots) + 2*len(c.pins)))
 	if c.cfg.ecs != nil {
-		ecsEntries.WithLabelValues(c.cfg.server).Set(float64(c.scopes.slots))
+		ecsEntries.WithLabelValues(l.server, l.zones, l.view).Set(float64(c.scopes.slots))
 	}
 }
 
@@ -347,7 +348,7 @@ func (c *cache) claim(ctx context.Context, s *slot, q *question) (*flight, bool)
 // launch starts fl, the resolution of s, in the background. Once the cache is stopping, the
 // flight fails at once (and may stay on the slot, which this instance no longer resolves).
 func (c *cache) launch(ctx context.Context, s *slot, fl *flight, q *question) {
-	cacheMisses.WithLabelValues(q.server).Inc()
+	cacheMisses.WithLabelValues(q.labels.server, q.labels.zones, q.labels.view).Inc()
 	qc := *q // the caller's question goes on to the next target (pick)
 	if !c.bg.spawn(func() { c.run(context.WithoutCancel(ctx), s, fl, qc) }) {
 		fl.err = errStopped
@@ -364,7 +365,7 @@ func (c *cache) refreshAsync(ctx context.Context, s *slot, q *question) {
 		return
 	}
 	if _, started := c.claim(ctx, s, q); started {
-		refreshes.WithLabelValues(q.server).Inc()
+		refreshes.WithLabelValues(q.labels.server, q.labels.zones, q.labels.view).Inc()
 	}
 }
 
@@ -378,7 +379,7 @@ func (c *cache) run(ctx context.Context, s *slot, fl *flight, q question) {
 	q.sub = networkFor(s, q.sub)
 	start := time.Now()
 	ch, err := c.resolve(ctx, q)
-	lookupDuration.WithLabelValues(q.server).Observe(time.Since(start).Seconds())
+	lookupDuration.WithLabelValues(q.labels.server, q.labels.zones, q.labels.view).Observe(time.Since(start).Seconds())
 
 	now := c.now()
 	if err != nil {
@@ -465,5 +466,5 @@ func (c *cache) adopt(old *cache) {
 // identity names what a reloaded instance takes over from: the listener, the zones and the
 // upstreams.
 func identity(cfg *config) string {
-	return cfg.server + " " + strings.Join(cfg.zones, ",") + " " + strings.Join(cfg.upstreams, ",")
+	return cfg.labels.server + " " + strings.Join(cfg.zones, ",") + " " + strings.Join(cfg.upstreams, ",")
 }

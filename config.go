@@ -45,8 +45,9 @@ type config struct {
 	explainNets []netip.Prefix
 	health      *healthConfig // `health_check`; nil when off
 
-	// server is the `server` metrics label of the block's listener, for work no query carries.
-	server string
+	// labels are the block's metric labels; their server, the listener's, is for work no query
+	// carries (a query carries its own).
+	labels metricLabels
 }
 
 // healthConfig is `health_check tcp PORT [INTERVAL]`.

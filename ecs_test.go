@@ -353,7 +353,7 @@ func TestECSScopeZeroShared(t *testing.T) {
 		t.Errorf("networks asked upstream %v, want only the first client's", got)
 	}
 	// Kept once, at the family's /0: the first client's network slot held only the question.
-	if n := testutil.ToFloat64(ecsEntries.WithLabelValues(coreServerLabel)); n != 1 {
+	if n := testutil.ToFloat64(ecsEntries.WithLabelValues(coreServerLabel, "example.org.", "")); n != 1 {
 		t.Errorf("coredns_flatten_ecs_entries %v, want 1", n)
 	}
 	// Scope 0 covers a family: an IPv6 client is asked for.
@@ -460,11 +460,11 @@ func TestECSScopes(t *testing.T) {
 		t.Errorf("asked for %v, want %v: one question per /20", got, want)
 	}
 	// Only the /20 entries are kept (the /24 that asked held only the question).
-	if n := testutil.ToFloat64(ecsEntries.WithLabelValues(coreServerLabel)); n != 2 {
+	if n := testutil.ToFloat64(ecsEntries.WithLabelValues(coreServerLabel, "example.org.", "")); n != 2 {
 		t.Errorf("coredns_flatten_ecs_entries %v, want 2", n)
 	}
 	// Every entry counts in cache_entries: the alias's two pinned ones and the two /20s.
-	if n := testutil.ToFloat64(cacheEntries.WithLabelValues(coreServerLabel)); n != 4 {
+	if n := testutil.ToFloat64(cacheEntries.WithLabelValues(coreServerLabel, "example.org.", "")); n != 4 {
 		t.Errorf("coredns_flatten_cache_entries %v, want 4 (2 pinned, 2 for client networks)", n)
 	}
 
@@ -490,7 +490,7 @@ func TestECSCapacity(t *testing.T) {
 	for i := range 12 {
 		client := fmt.Sprintf("192.0.%d.1/32", 10+i)
 		checkAddrs(t, ecsQuery(t, addr, "example.org.", dns.TypeA, client), "example.org.", edgeOf(client, 24, dns.TypeA))
-		n := testutil.ToFloat64(ecsEntries.WithLabelValues(coreServerLabel))
+		n := testutil.ToFloat64(ecsEntries.WithLabelValues(coreServerLabel, "example.org.", ""))
 		if want := float64(min(i+1, 4)); n != want {
 			t.Errorf("after %d networks: coredns_flatten_ecs_entries %v, want %v (cache 4)", i+1, n, want)
 		}

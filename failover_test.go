@@ -49,7 +49,7 @@ func TestFailoverPrimaryNXDOMAIN(t *testing.T) {
 	u := newFakeUpstream(t, failoverRecords[2:]...) // primary does not exist
 	u.setRecursive()
 	srv := startFailover(t, u)
-	before := testutil.ToFloat64(failoverAnswers.WithLabelValues("dns://127.0.0.1:0"))
+	before := testutil.ToFloat64(failoverAnswers.WithLabelValues("dns://127.0.0.1:0", "example.org.", ""))
 	for _, qt := range []uint16{dns.TypeA, dns.TypeAAAA} {
 		m := query(t, srv, "udp", "example.org.", qt, 1232)
 		want := map[uint16]string{dns.TypeA: "192.0.2.2", dns.TypeAAAA: "2001:db8::2"}[qt]
@@ -58,7 +58,7 @@ func TestFailoverPrimaryNXDOMAIN(t *testing.T) {
 			t.Errorf("%s: EDE %v on the backup's fresh answer", dns.TypeToString[qt], e)
 		}
 	}
-	if d := testutil.ToFloat64(failoverAnswers.WithLabelValues("dns://127.0.0.1:0")) - before; d != 2 {
+	if d := testutil.ToFloat64(failoverAnswers.WithLabelValues("dns://127.0.0.1:0", "example.org.", "")) - before; d != 2 {
 		t.Errorf("failover_answers_total moved by %v, want 2", d)
 	}
 }

@@ -508,16 +508,16 @@ func TestUpstreamMetrics(t *testing.T) {
 	query(t, addr, "udp", "bad.example.org.", dns.TypeA, 0)
 	waitFor(t, "startup round", func() bool { return u.count("refused.agency.test.", dns.TypeAAAA) >= 1 })
 
-	if n := testutil.ToFloat64(upstreamQueries.WithLabelValues(label)); n < 6 {
+	if n := testutil.ToFloat64(upstreamQueries.WithLabelValues(label, "example.org.", "")); n < 6 {
 		t.Errorf("upstream_queries_total %v, want at least 6 (3 hops for A and AAAA)", n)
 	}
-	if n := testutil.ToFloat64(upstreamErrors.WithLabelValues(label, reasonRcode)); n < 2 {
+	if n := testutil.ToFloat64(upstreamErrors.WithLabelValues(label, "example.org.", "", reasonRcode)); n < 2 {
 		t.Errorf("upstream_errors_total{reason=rcode} %v, want at least 2 (A and AAAA refused)", n)
 	}
-	if n := testutil.ToFloat64(refreshes.WithLabelValues(label)); n < 4 {
+	if n := testutil.ToFloat64(refreshes.WithLabelValues(label, "example.org.", "")); n < 4 {
 		t.Errorf("refreshes_total %v, want at least 4 (the startup round)", n)
 	}
-	if n := testutil.ToFloat64(cacheEntries.WithLabelValues(label)); n != 4 {
+	if n := testutil.ToFloat64(cacheEntries.WithLabelValues(label, "example.org.", "")); n != 4 {
 		t.Errorf("cache_entries %v, want 4 (2 aliases x A, AAAA)", n)
 	}
 }

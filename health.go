@@ -78,7 +78,7 @@ type healthChecker struct {
 	interval time.Duration
 	timeout  time.Duration
 	addrs    func() []netip.Addr // the addresses to probe, asked once per round
-	server   string              // metrics label
+	labels   metricLabels
 	dial     func(ctx context.Context, network, address string) (net.Conn, error)
 	now      func() time.Time
 	bg       *background // the instance's: stop ends the loop and every dial in flight
@@ -91,8 +91,8 @@ type healthChecker struct {
 }
 
 // newHealthChecker returns a checker that, once started, connects to every address addrs returns
-// on TCP port every interval, in bg. server is the metrics label.
-func newHealthChecker(port int, interval time.Duration, addrs func() []netip.Addr, server string, bg *background) *healthChecker {
+// on TCP port every interval, in bg, counting them under labels.
+func newHealthChecker(port int, interval time.Duration, addrs func() []netip.Addr, labels metricLabels, bg *background) *healthChecker {
 	if interval <= 0 {
 		interval = defaultHealthInterval
 	}
@@ -101,7 +101,7 @@ func newHealthChecker(port int, interval time.Duration, addrs func() []netip.Add
 		interval: interval,
 		timeout:  probeTimeout(interval),
 		addrs:    addrs,
-		server:   server,
+		labels:   labels,
 		dial:     (&net.Dialer{}).DialContext,
 		now:      time.Now,
 		bg:       bg,
@@ -122,7 +122,7 @@ func (h *healthChecker) stop() {
 	h.bg.stop()
 	// Take this checker's addresses out of the gauge: a reloaded instance counts its own.
 	if s := h.snap.Load(); s != nil && s.down > 0 && !h.released.Swap(true) {
-		healthDownAddrs.WithLabelValues(h.server).Sub(float64(s.down))
+		healthDownAddrs.WithLabelValues(h.labels.server, h.labels.zones, h.labels.view).Sub(float64(s.down))
 	}
 }
 
@@ -199,7 +199,7 @@ func (h *healthChecker) probeRound(ctx context.Context) {
 		}
 		st.lastProbe = ends[i]
 		if err := errs[i]; err != nil {
-			healthProbes.WithLabelValues(h.server, "down").Inc()
+			healthProbes.WithLabelValues(h.labels.server, h.labels.zones, h.labels.view, "down").Inc()
 			st.fails++
 			st.lastErr = err.Error()
 			st.lastFail = ends[i]
@@ -208,7 +208,7 @@ func (h *healthChecker) probeRound(ctx context.Context) {
 				log.Infof("%s is down: %d failed probes in a row, last: %s", a, st.fails, st.lastErr)
 			}
 		} else {
-			healthProbes.WithLabelValues(h.server, "up").Inc()
+			healthProbes.WithLabelValues(h.labels.server, h.labels.zones, h.labels.view, "up").Inc()
 			if st.state == healthDown {
 				log.Infof("%s is up again", a)
 			}
@@ -222,7 +222,7 @@ func (h *healthChecker) probeRound(ctx context.Context) {
 	}
 	h.snap.Store(snap)
 	if d := snap.down - downCount(prev); d != 0 {
-		healthDownAddrs.WithLabelValues(h.server).Add(float64(d))
+		healthDownAddrs.WithLabelValues(h.labels.server, h.labels.zones, h.labels.view).Add(float64(d))
 	}
 }
 
@@ -300,6 +300,6 @@ func (h *healthChecker) adopt(old *healthChecker) {
 		return
 	}
 	if s := old.snap.Load(); s != nil && h.snap.CompareAndSwap(nil, s) && s.down > 0 {
-		healthDownAddrs.WithLabelValues(h.server).Add(float64(s.down))
+		healthDownAddrs.WithLabelValues(h.labels.server, h.labels.zones, h.labels.view).Add(float64(s.down))
 	}
 }

@@ -195,11 +195,11 @@ func TestMetrics(t *testing.T) {
 	f.cfg.serveStale = time.Minute
 	get := func() map[string]float64 {
 		return map[string]float64{
-			"requests": testutil.ToFloat64(requests.WithLabelValues("")),
-			"hits":     testutil.ToFloat64(cacheHits.WithLabelValues("")),
-			"misses":   testutil.ToFloat64(cacheMisses.WithLabelValues("")),
-			"stale":    testutil.ToFloat64(staleAnswers.WithLabelValues("")),
-			"fallback": testutil.ToFloat64(fallbackAnswers.WithLabelValues("")),
+			"requests": testutil.ToFloat64(requests.WithLabelValues("", "", "")),
+			"hits":     testutil.ToFloat64(cacheHits.WithLabelValues("", "", "")),
+			"misses":   testutil.ToFloat64(cacheMisses.WithLabelValues("", "", "")),
+			"stale":    testutil.ToFloat64(staleAnswers.WithLabelValues("", "", "")),
+			"fallback": testutil.ToFloat64(fallbackAnswers.WithLabelValues("", "", "")),
 		}
 	}
 	before := get()

@@ -2,6 +2,8 @@ package flatten
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"sync"
 )
 
@@ -69,6 +71,13 @@ func register(f *Flatten) *Flatten {
 		return nil
 	}
 	return old
+}
+
+// running returns the running instances.
+func running() []*Flatten {
+	live.Lock()
+	defer live.Unlock()
+	return slices.Collect(maps.Values(live.m))
 }
 
 // unregister removes f, unless another instance has replaced it already.

@@ -133,9 +133,10 @@ func (c *cache) refreshPinned(s *slot) {
 	} else {
 		if fl == nil {
 			var started bool
-			q := question{key: s.key(), pace: c.limiter, server: c.cfg.server}
+			q := question{key: s.key(), pace: c.limiter, labels: c.cfg.labels}
 			if fl, started = c.claim(c.bg.ctx, s, &q); started {
-				refreshes.WithLabelValues(c.cfg.server).Inc()
+				l := q.labels
+				refreshes.WithLabelValues(l.server, l.zones, l.view).Inc()
 			}
 		}
 		select {

@@ -28,7 +28,8 @@ func setup(c *caddy.Controller) error {
 	if err != nil {
 		return plugin.Error("flatten", err)
 	}
-	f.cfg.server = configServerLabel(dnsserver.GetConfig(c))
+	f.cfg.labels.server = configServerLabel(dnsserver.GetConfig(c))
+	f.cfg.labels.view = dnsserver.GetConfig(c).ViewName
 	f.prepare()
 
 	c.OnStartup(f.OnStartup)
@@ -109,6 +110,7 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 		if len(f.cfg.zones) == 0 {
 			return nil, c.Errf("no zones to flatten in")
 		}
+		f.cfg.labels.zones = strings.Join(f.cfg.zones, ",")
 		seen := map[string]bool{}
 		for c.NextBlock() {
 			opt := c.Val()

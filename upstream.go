@@ -81,7 +81,7 @@ func (s *selfExchanger) exchange(ctx context.Context, q question, name string) (
 	ctx = withPath(ctx, &resolvePath{target: q.key.name, parent: q.path})
 	m := newQuery(name, q.key.qtype)
 	addECS(m, q.sub)
-	upstreamQueries.WithLabelValues(q.server).Inc()
+	upstreamQueries.WithLabelValues(q.labels.server, q.labels.zones, q.labels.view).Inc()
 	resp, err := s.up.Lookup(ctx, request.Request{W: selfWriter, Req: m}, name, q.key.qtype)
 	if err == nil && resp == nil {
 		err = errMalformed(name, "no answer from the plugin chain")
@@ -91,7 +91,7 @@ func (s *selfExchanger) exchange(ctx context.Context, q question, name string) (
 	}
 	if err != nil {
 		re := asResolveError(name, err)
-		upstreamErrors.WithLabelValues(q.server, re.reason).Inc()
+		upstreamErrors.WithLabelValues(q.labels.server, q.labels.zones, q.labels.view, re.reason).Inc()
 		return nil, re
 	}
 	return resp, nil
@@ -259,7 +259,7 @@ func (r *resolver) try(ctx context.Context, q question, name string) (*dns.Msg, 
 	}
 	if err != nil {
 		re := asResolveError(name, err)
-		upstreamErrors.WithLabelValues(q.server, re.reason).Inc()
+		upstreamErrors.WithLabelValues(q.labels.server, q.labels.zones, q.labels.view, re.reason).Inc()
 		if re.reason != reasonRcode {
 			// A resolver that answers, even with SERVFAIL, is alive.
 			r.downUntil.Store(since(time.Now().Add(downFor)))
@@ -282,7 +282,7 @@ func (r *resolver) ask(ctx context.Context, q question, name string, plain bool)
 	state := request.Request{W: proxyWriter, Req: m}
 	opts := proxy.Options{PreferUDP: true}
 	for {
-		upstreamQueries.WithLabelValues(q.server).Inc()
+		upstreamQueries.WithLabelValues(q.labels.server, q.labels.zones, q.labels.view).Inc()
 		resp, _, _, err := r.proxy.Connect(ctx, state, opts)
 		if errors.Is(err, proxy.ErrCachedClosed) {
 			// A pooled connection the resolver had closed: dial a new one, as forward does.
