@@ -382,15 +382,23 @@ func (c *cache) run(ctx context.Context, s *slot, fl *flight, q question) {
 	lookupDuration.WithLabelValues(q.labels.server, q.labels.zones, q.labels.view).Observe(time.Since(start).Seconds())
 
 	now := c.now()
+	prev, before := s.fail.Load(), s.good.Load()
 	if err != nil {
 		re := asResolveError(s.name, err)
-		s.fail.Store(&failure{err: re, at: now, until: now.Add(failureTTL)})
+		f := &failure{err: re, at: now, until: now.Add(failureTTL), since: now}
+		if prev != nil {
+			f.since = prev.since
+		}
+		s.fail.Store(f)
 		fl.err = re
 	} else {
 		fl.entry = c.newEntry(ch, now)
 		c.shareHops(s, fl.entry) // before the entry is published: entries are never modified after
 		c.store(s, fl.entry, ch, q.sub)
 		s.fail.Store(nil)
+	}
+	if s.scope == nil { // a client network's failures are its target's, logged once there
+		targetEvents.resolved(now, s, prev, before, fl.entry, fl.err, c.cfg.serveStale)
 	}
 	// After the outcome is stored: whoever finds no flight on the slot finds the outcome.
 	s.flight.CompareAndSwap(fl, nil)

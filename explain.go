@@ -154,7 +154,7 @@ func (f *Flatten) explainAnswer(ctx context.Context, w dns.ResponseWriter, r *dn
 	case c.e == nil && len(v.fallback) > 0:
 		return fmt.Sprintf("type=%s answer=fallback addrs=%s", typ, addrList(v.fallback))
 	case c.e == nil:
-		errText := "not resolved yet"
+		errText := f.notYet()
 		if v.err != nil {
 			errText = v.err.text
 		}
@@ -164,6 +164,19 @@ func (f *Flatten) explainAnswer(ctx context.Context, w dns.ResponseWriter, r *dn
 	}
 	c := v.candidate
 	return fmt.Sprintf("type=%s answer=%s target=%s ttl=%d addrs=%s", typ, c.src, slots[c.i].name, f.cache.ttl(c.e, c.src, now), addrList(c.addrs))
+}
+
+// notYet says why nothing is known of a target yet.
+func (f *Flatten) notYet() string {
+	switch {
+	case f.self != nil && f.self.server.Load() == nil && f.self.probed.Load():
+		return "not resolved yet: this block could not ask its own listener for the server to resolve through; the first query brings it"
+	case f.self != nil && f.self.server.Load() == nil:
+		return "not resolved yet: the startup round waits for the server to resolve through"
+	case !f.cache.ready():
+		return "not resolved yet: the startup round is running"
+	}
+	return "not resolved yet"
 }
 
 // explainTarget describes what the cache knows of one target and type: its state, when it was

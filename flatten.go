@@ -104,6 +104,10 @@ func (f *Flatten) build(resolve resolveFunc) {
 // transports and the background resolution of every alias. Resolving through this server, the
 // background work starts with the first query instead: only a query brings the server.
 func (f *Flatten) OnStartup() error {
+	log.Debugf("%s: %d aliases, %d targets, resolved through %s", f.cfg.labels.zones, f.aliases.len(), len(f.cache.pins), f.via())
+	starting.Lock()
+	starting.fs = append(starting.fs, f)
+	starting.Unlock()
 	if old := register(f); old != nil {
 		f.cache.adopt(old.cache)
 		if f.health != nil && old.health != nil {
@@ -122,6 +126,14 @@ func (f *Flatten) OnStartup() error {
 	return nil
 }
 
+// via says where the block resolves its targets.
+func (f *Flatten) via() string {
+	if f.self != nil {
+		return "this server"
+	}
+	return strings.Join(f.cfg.upstreams, ", ")
+}
+
 // OnShutdown stops all background work of this instance; it runs on shutdown and when the
 // *reload* plugin replaces the instance.
 func (f *Flatten) OnShutdown() error {
@@ -137,12 +149,12 @@ func (f *Flatten) OnShutdown() error {
 }
 
 // Ready implements the ready.Readiness interface: true once every alias has been resolved (or
-// tried) once at startup. When resolving through this server, that waits for the first query,
-// because only a query brings the server to resolve through; until then Ready reports true,
-// so that the readiness probe does not hold back the traffic that warms the cache.
+// tried) once at startup. When resolving through this server, the round starts once the block
+// has asked its own listener (findServer); if it could not, only a client's query brings the
+// server, and Ready reports true rather than hold back the traffic that would warm the cache.
 func (f *Flatten) Ready() bool {
 	if f.self != nil && f.self.server.Load() == nil {
-		return true
+		return f.self.probed.Load()
 	}
 	return f.cache.ready()
 }

@@ -86,6 +86,7 @@ func (c *cache) refresher() {
 // runDue starts the refresh of every pinned slot that is due, at most refreshWorkers at a time,
 // and returns how long until the next one is due.
 func (c *cache) runDue() time.Duration {
+	targetEvents.flush(c.now())
 	for {
 		now := since(c.now())
 		c.mu.Lock()
@@ -164,7 +165,7 @@ func (c *cache) refreshPinned(s *slot) {
 		// none of them waits on an upstream known to fail (and an alias's next target answers
 		// at once). RFC 9520 3.2 allows up to 5 minutes; the backoff stays under one.
 		if f := s.fail.Load(); f != nil && f.until.Before(retry) {
-			s.fail.CompareAndSwap(f, &failure{err: f.err, at: f.at, until: retry})
+			s.fail.CompareAndSwap(f, &failure{err: f.err, at: f.at, until: retry, since: f.since})
 		}
 	}
 	heap.Push(&c.sched.heap, s)

@@ -86,6 +86,7 @@ type failure struct {
 	err   *resolveError
 	at    time.Time
 	until time.Time
+	since time.Time // the first failure of this run of failures
 }
 
 // flight is one resolution in progress; every request for the same key waits on it

@@ -51,10 +51,12 @@ func checkAnswer(q, resp *dns.Msg) error {
 // a target served by another server block on the same listener needs no outside resolver.
 //
 // upstream.Lookup needs the *dnsserver.Server in the context. A client's query carries it; a
-// background refresh does not, so the server seen on the last intercepted query is kept.
+// background refresh does not, so the server seen on the first query is kept: at startup the
+// block asks its own listener for that (findServer).
 type selfExchanger struct {
 	up     *upstream.Upstream
 	server atomic.Pointer[dnsserver.Server]
+	probed atomic.Bool // findServer has asked the block's own listeners
 }
 
 func newSelfExchanger() *selfExchanger { return &selfExchanger{up: upstream.New()} }
@@ -66,7 +68,7 @@ func (s *selfExchanger) observe(ctx context.Context) bool {
 	return ok && s.server.CompareAndSwap(nil, srv)
 }
 
-var errNoServer = &resolveError{dns.ExtendedErrorCodeNotReady, reasonNoServer, "no query has reached this server yet to resolve through"}
+var errNoServer = &resolveError{dns.ExtendedErrorCodeNotReady, reasonNoServer, "the server to resolve through is not known yet: no query has reached it"}
 
 func (s *selfExchanger) exchange(ctx context.Context, q question, name string) (*dns.Msg, error) {
 	if _, ok := ctx.Value(dnsserver.Key{}).(*dnsserver.Server); !ok {
