@@ -546,9 +546,7 @@ func TestCacheHammer(t *testing.T) {
 	if n := c.len(); n > c.cfg.capacity+2*pinned {
 		t.Errorf("%d slots at the end, capacity %d + %d pinned", n, c.cfg.capacity, 2*pinned)
 	}
-	if n := refresherGoroutines(); n != before {
-		t.Errorf("%d refreshers after stop, want %d", n, before)
-	}
+	waitFor(t, "no refresh goroutine left", func() bool { return refresherGoroutines() == before })
 	t.Logf("%d answers, %d with nothing to serve", answered.Load(), none.Load())
 	if answered.Load() == 0 || none.Load() == 0 {
 		t.Errorf("the hammer did not reach both ends of the ladder: %d answers, %d none", answered.Load(), none.Load())

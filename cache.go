@@ -85,7 +85,6 @@ func newCache(cfg *config, resolve resolveFunc, pins []*pinnedTarget, bg *backgr
 		limiter: rate.NewLimiter(rate.Every(refreshInterval(cfg.refreshRate)), 1),
 		pins:    pins,
 		slots:   make(map[cacheKey]*slot),
-		sched:   newSchedule(),
 	}
 }
 
@@ -365,7 +364,7 @@ func (c *cache) refreshAsync(ctx context.Context, s *slot, q *question) {
 		return
 	}
 	if _, started := c.claim(ctx, s, q); started {
-		refreshes.WithLabelValues(q.labels.server, q.labels.zones, q.labels.view).Inc()
+		refreshCount.WithLabelValues(q.labels.server, q.labels.zones, q.labels.view).Inc()
 	}
 }
 

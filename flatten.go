@@ -142,6 +142,7 @@ func (f *Flatten) OnShutdown() error {
 		f.health.stop()
 	}
 	f.bg.stop()
+	f.cache.close()
 	if f.proxies != nil {
 		f.proxies.stop()
 	}

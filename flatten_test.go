@@ -514,7 +514,7 @@ func TestUpstreamMetrics(t *testing.T) {
 	if n := testutil.ToFloat64(upstreamErrors.WithLabelValues(label, "example.org.", "", reasonRcode)); n < 2 {
 		t.Errorf("upstream_errors_total{reason=rcode} %v, want at least 2 (A and AAAA refused)", n)
 	}
-	if n := testutil.ToFloat64(refreshes.WithLabelValues(label, "example.org.", "")); n < 4 {
+	if n := testutil.ToFloat64(refreshCount.WithLabelValues(label, "example.org.", "")); n < 4 {
 		t.Errorf("refreshes_total %v, want at least 4 (the startup round)", n)
 	}
 	if n := testutil.ToFloat64(cacheEntries.WithLabelValues(label, "example.org.", "")); n != 4 {

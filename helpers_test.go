@@ -427,4 +427,7 @@ func (c *cache) len() int {
 
 // stop ends the cache's background work and waits for it (Flatten.OnShutdown stops the
 // instance's).
-func (c *cache) stop() { c.bg.stop() }
+func (c *cache) stop() {
+	c.bg.stop()
+	c.close()
+}

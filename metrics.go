@@ -103,8 +103,8 @@ var (
 		Help:      "The number of cache entries for client networks (EDNS Client Subnet).",
 	}, []string{"server", "zones", "view"})
 
-	// refreshes counts background refreshes (scheduled and prefetch).
-	refreshes = promauto.NewCounterVec(prometheus.CounterOpts{
+	// refreshCount counts background refreshes (scheduled and prefetch).
+	refreshCount = promauto.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: "flatten",
 		Name:      "refreshes_total",

@@ -2,6 +2,7 @@ package flatten
 
 import (
 	"container/heap"
+	"sync"
 	"time"
 )
 
@@ -9,35 +10,31 @@ const (
 	// minRefresh and maxBackoff bound the background refresh of configured aliases.
 	minRefresh = time.Second
 	maxBackoff = time.Minute
-	// refreshWorkers bounds concurrent background resolutions.
+	// refreshWorkers bounds the background resolutions of the process at a time.
 	refreshWorkers = 16
 	// maxFailures is where a slot stops counting failed refreshes: its backoff reached
 	// maxBackoff long before.
 	maxFailures = 32
 )
 
-// schedule is when each pinned slot is refreshed next: the startup round first, then before each
-// entry expires, or with backoff after a failure. One goroutine (refresher) starts the refreshes
-// that are due, at most refreshWorkers at a time, each waiting its turn on the cache's limiter.
-// Guarded by cache.mu, as the slots' schedule fields are.
+// schedule is when each pinned slot of one cache is refreshed next: the startup round first,
+// then before each entry expires, or with backoff after a failure. A timer per cache fires when
+// the earliest is due (tick) and hands the due slots to the process's refresh queue. A cache
+// costs a timer, not a goroutine: with 10,000 server blocks, a goroutine each took 80 MB of
+// stacks. Guarded by cache.mu, as the slots' schedule fields are.
 type schedule struct {
 	heap    refreshHeap
-	pending int  // pinned slots the startup round has not tried yet
-	started bool // start has run
-	kick    chan struct{}
-	sem     chan struct{}
-}
-
-func newSchedule() schedule {
-	return schedule{kick: make(chan struct{}, 1), sem: make(chan struct{}, refreshWorkers)}
+	pending int         // pinned slots the startup round has not tried yet
+	started bool        // start has run
+	timer   *time.Timer // runs tick; nil until start
 }
 
 // start begins the startup round and the background refresh of pinned slots, once.
 func (c *cache) start() {
 	now := since(c.now())
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.sched.started || c.bg.done() {
-		c.mu.Unlock()
 		return
 	}
 	c.sched.started = true
@@ -50,8 +47,16 @@ func (c *cache) start() {
 		}
 	}
 	c.countLocked()
-	c.mu.Unlock()
-	c.bg.spawn(c.refresher)
+	c.sched.timer = time.AfterFunc(0, c.tick)
+}
+
+// close stops the schedule's timer: a stopped cache is not kept alive by it until it fires.
+func (c *cache) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sched.timer != nil {
+		c.sched.timer.Stop()
+	}
 }
 
 // ready reports whether the startup round has tried every configured alias once.
@@ -61,58 +66,90 @@ func (c *cache) ready() bool {
 	return c.sched.started && c.sched.pending == 0
 }
 
-// wake makes the refresher look at its schedule now.
+// wake makes the schedule look at what is due now (a clock moved by a test, or a slot due
+// earlier than the timer).
 func (c *cache) wake() {
-	select {
-	case c.sched.kick <- struct{}{}:
-	default:
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sched.timer != nil {
+		c.sched.timer.Reset(0)
 	}
 }
 
-func (c *cache) refresher() {
-	t := time.NewTimer(time.Hour)
-	defer t.Stop()
-	for {
-		t.Reset(c.runDue())
-		select {
-		case <-c.bg.ctx.Done():
-			return
-		case <-c.sched.kick:
-		case <-t.C:
-		}
+// tick hands every pinned slot that is due to the refresh queue, and sets the timer for the
+// next one.
+func (c *cache) tick() {
+	if c.bg.done() {
+		return
 	}
-}
-
-// runDue starts the refresh of every pinned slot that is due, at most refreshWorkers at a time,
-// and returns how long until the next one is due.
-func (c *cache) runDue() time.Duration {
 	targetEvents.flush(c.now())
-	for {
-		now := since(c.now())
-		c.mu.Lock()
-		if len(c.sched.heap) == 0 {
-			c.mu.Unlock()
-			return time.Hour
-		}
-		s := c.sched.heap[0]
-		if wait := time.Duration(s.due - now); wait > 0 {
-			c.mu.Unlock()
-			return wait
-		}
-		heap.Pop(&c.sched.heap)
-		c.mu.Unlock()
+	now := since(c.now())
+	var due []*slot
+	c.mu.Lock()
+	for len(c.sched.heap) > 0 && c.sched.heap[0].due <= now {
+		due = append(due, heap.Pop(&c.sched.heap).(*slot))
+	}
+	c.resetLocked(now)
+	c.mu.Unlock()
+	for _, s := range due {
+		refreshes.add(c, s)
+	}
+}
 
-		select {
-		case c.sched.sem <- struct{}{}:
-		case <-c.bg.ctx.Done():
-			return time.Hour
+// resetLocked sets the timer for the earliest slot due; c.mu is held.
+func (c *cache) resetLocked(now int64) {
+	if len(c.sched.heap) > 0 {
+		c.sched.timer.Reset(time.Duration(max(c.sched.heap[0].due-now, 0)))
+	}
+}
+
+// refreshes is the queue of the process's background refreshes: the due slots of every cache,
+// resolved by at most refreshWorkers goroutines at a time, which exist only while there is work.
+// 10,000 blocks due at once wait in the queue, not as 10,000 goroutines.
+var refreshes refreshQueue
+
+type refreshQueue struct {
+	mu      sync.Mutex
+	jobs    []refreshJob
+	workers int
+}
+
+type refreshJob struct {
+	c *cache
+	s *slot
+}
+
+// add queues the refresh of s, a pinned slot of c.
+func (q *refreshQueue) add(c *cache, s *slot) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.jobs = append(q.jobs, refreshJob{c, s})
+	if q.workers < refreshWorkers {
+		q.workers++
+		go q.work()
+	}
+}
+
+// work refreshes queued slots until the queue is empty. Each refresh runs in its cache's
+// background, which a shutdown stops and waits for; a stopped cache's slots are dropped.
+func (q *refreshQueue) work() {
+	for {
+		q.mu.Lock()
+		if len(q.jobs) == 0 {
+			q.workers--
+			q.mu.Unlock()
+			return
 		}
-		if !c.bg.spawn(func() {
-			defer func() { <-c.sched.sem }()
-			c.refreshPinned(s)
+		j := q.jobs[0]
+		q.jobs[0] = refreshJob{}
+		q.jobs = q.jobs[1:]
+		q.mu.Unlock()
+		done := make(chan struct{})
+		if j.c.bg.spawn(func() {
+			defer close(done)
+			j.c.refreshPinned(j.s)
 		}) {
-			<-c.sched.sem
-			return time.Hour
+			<-done
 		}
 	}
 }
@@ -137,7 +174,7 @@ func (c *cache) refreshPinned(s *slot) {
 			q := question{key: s.key(), pace: c.limiter, labels: c.cfg.labels}
 			if fl, started = c.claim(c.bg.ctx, s, &q); started {
 				l := q.labels
-				refreshes.WithLabelValues(l.server, l.zones, l.view).Inc()
+				refreshCount.WithLabelValues(l.server, l.zones, l.view).Inc()
 			}
 		}
 		select {
@@ -170,9 +207,9 @@ func (c *cache) refreshPinned(s *slot) {
 	}
 	heap.Push(&c.sched.heap, s)
 	if s.index == 0 {
-		// Due before anything the refresher's timer waits for (an hour, when the schedule was
-		// empty as it took the last slot out): it must look again.
-		c.wake()
+		// Due before anything the timer waits for (nothing, when the schedule was empty as
+		// tick took the last slot out).
+		c.resetLocked(since(now))
 	}
 }
 
