@@ -108,6 +108,7 @@ func (f *Flatten) OnStartup() error {
 	starting.Lock()
 	starting.fs = append(starting.fs, f)
 	starting.Unlock()
+	f.cache.limiter = acquirePace(f.paceKey(), f.cfg.refreshRate)
 	if old := register(f); old != nil {
 		f.cache.adopt(old.cache)
 		if f.health != nil && old.health != nil {
@@ -124,6 +125,15 @@ func (f *Flatten) OnStartup() error {
 		f.health.start()
 	}
 	return nil
+}
+
+// paceKey is where the block's background resolution asks first, whose limiter paces it: its
+// first upstream address, or this server.
+func (f *Flatten) paceKey() string {
+	if len(f.cfg.upstreams) == 0 {
+		return "this server"
+	}
+	return f.cfg.upstreams[0]
 }
 
 // via says where the block resolves its targets.
@@ -143,6 +153,7 @@ func (f *Flatten) OnShutdown() error {
 	}
 	f.bg.stop()
 	f.cache.close()
+	releasePace(f.paceKey(), f.cfg.refreshRate)
 	if f.proxies != nil {
 		f.proxies.stop()
 	}

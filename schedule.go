@@ -2,8 +2,11 @@ package flatten
 
 import (
 	"container/heap"
+	"slices"
 	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 const (
@@ -211,6 +214,51 @@ func (c *cache) refreshPinned(s *slot) {
 		// tick took the last slot out).
 		c.resetLocked(since(now))
 	}
+}
+
+// paces holds the limiters of background resolution, one for each place it asks (an upstream
+// address, or this server), shared by every block that asks there: `refresh_rate` bounds what
+// one resolver receives, whatever the number of blocks. Blocks that give different rates for one
+// place share the lowest of them.
+var paces = struct {
+	sync.Mutex
+	m map[string]*pace
+}{m: map[string]*pace{}}
+
+type pace struct {
+	l     *rate.Limiter
+	rates []int // of the blocks that use it
+}
+
+// acquirePace returns the limiter of background resolution through where, for a block whose
+// refresh_rate is qps.
+func acquirePace(where string, qps int) *rate.Limiter {
+	paces.Lock()
+	defer paces.Unlock()
+	p := paces.m[where]
+	if p == nil {
+		p = &pace{l: rate.NewLimiter(rate.Every(refreshInterval(qps)), 1)}
+		paces.m[where] = p
+	}
+	p.rates = append(p.rates, qps)
+	p.l.SetLimit(rate.Every(refreshInterval(slices.Min(p.rates))))
+	return p.l
+}
+
+// releasePace gives back what acquirePace(where, qps) took.
+func releasePace(where string, qps int) {
+	paces.Lock()
+	defer paces.Unlock()
+	p := paces.m[where]
+	if p == nil {
+		return
+	}
+	p.rates = slices.Delete(p.rates, slices.Index(p.rates, qps), slices.Index(p.rates, qps)+1)
+	if len(p.rates) == 0 {
+		delete(paces.m, where)
+		return
+	}
+	p.l.SetLimit(rate.Every(refreshInterval(slices.Min(p.rates))))
 }
 
 // backoff is the wait before a pinned slot's next refresh after its nth failure in a row:

@@ -1,11 +1,15 @@
 package flatten
 
 import (
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/miekg/dns"
 )
 
 // block returns the running instance that flattens zones.
@@ -68,5 +72,65 @@ func TestSelfResolutionWithoutQueries(t *testing.T) {
 	})
 	if !block("example.org.").Ready() {
 		t.Errorf("the reloaded block is not ready")
+	}
+}
+
+// TestBlocksShareUpstreams: server blocks that ask one upstream share it: one resolver (one
+// proxy, one memory of its failures) however many blocks, and one refresh_rate ceiling, the
+// lowest the blocks give, on what it receives from their background resolution together.
+func TestBlocksShareUpstreams(t *testing.T) {
+	const aliases, rate = 10, 20
+	u := newFakeUpstream(t)
+	u.setRecursive()
+	var mu sync.Mutex
+	var arrivals []time.Time
+	record := func(w dns.ResponseWriter, r *dns.Msg) {
+		mu.Lock()
+		arrivals = append(arrivals, time.Now())
+		mu.Unlock()
+		w.WriteMsg(u.answer(r))
+	}
+	var blocks []string
+	for b, zone := range []string{"example.org", "example.net"} {
+		lines := []string{"upstream " + u.Addr, fmt.Sprintf("refresh_rate %d", rate*(b+1))} // 20 and 40: 20 applies
+		for i := range aliases {
+			target := fmt.Sprintf("t%d-%d.agency.test.", b, i)
+			u.add(t, target+" 300 IN A 192.0.2.10", target+" 300 IN AAAA 2001:db8::10")
+			u.handle(target, record)
+			lines = append(lines, fmt.Sprintf("alias a%d %s", i, target))
+		}
+		zf := writeZone(t, zone+".", "@ 3600 IN SOA ns1."+zone+". h."+zone+". 1 7200 3600 1209600 300", "@ 3600 IN NS ns1."+zone+".")
+		blocks = append(blocks, fmt.Sprintf("%s:0 {\n\tbind 127.0.0.1\n\tflatten {\n\t\t%s\n\t}\n\tfile %s %s\n}\n", zone, strings.Join(lines, "\n\t\t"), zf, zone))
+	}
+	startCoreDNS(t, strings.Join(blocks, ""))
+
+	resolvers.Lock()
+	n, users := len(resolvers.m), 0
+	for _, r := range resolvers.m {
+		users = r.users
+	}
+	resolvers.Unlock()
+	if n != 1 || users != 2 {
+		t.Errorf("%d resolvers with %d users, want one shared by the two blocks", n, users)
+	}
+
+	const want = 2 * aliases * 2
+	waitFor(t, "the startup rounds", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(arrivals) >= want
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	most := 0
+	for i := range arrivals {
+		n := 0
+		for j := i; j < len(arrivals) && arrivals[j].Sub(arrivals[i]) < time.Second; j++ {
+			n++
+		}
+		most = max(most, n)
+	}
+	if most > rate {
+		t.Errorf("%d upstream questions in one second from the two blocks, want at most %d (the lower refresh_rate)", most, rate)
 	}
 }

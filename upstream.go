@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -158,14 +159,19 @@ var (
 // proxyExchanger resolves through a list of resolvers with plugin/pkg/proxy (the transport of
 // *forward*): UDP first, TCP when the answer is truncated, the next resolver when one fails.
 type proxyExchanger struct {
-	resolvers []*resolver
+	addrs     []string
+	perTry    time.Duration
+	resolvers []*resolver // the shared resolvers of addrs, from start to stop
 }
 
-// resolver is one upstream address and what flatten remembers of it. The proxy package would
-// probe a resolver that failed with `. IN NS` questions until it answers; flatten never asks it
-// to (it asks upstream only about the names it flattens), and keeps this memory instead.
+// resolver is one upstream address and what flatten remembers of it, shared by every block that
+// asks it with the same read timeout (resolvers). The proxy package would probe a resolver that
+// failed with `. IN NS` questions until it answers; flatten never asks it to (it asks upstream
+// only about the names it flattens), and keeps this memory instead.
 type resolver struct {
 	proxy *proxy.Proxy
+	key   resolverKey
+	users int // blocks that hold it; guarded by resolvers' lock
 	// downUntil is when a resolver that did not answer (a timeout, a network error, an answer
 	// that is not one) is asked in configured order again; until then it is asked after the
 	// others. Nanoseconds since clockBase; 0 when it answered last.
@@ -173,6 +179,44 @@ type resolver struct {
 	// plainUntil is until when a resolver that answered FORMERR or NOTIMP to a question with
 	// EDNS, and answered it without, is asked without EDNS (RFC 6891 7).
 	plainUntil atomic.Int64
+}
+
+type resolverKey struct {
+	addr        string
+	readTimeout time.Duration
+}
+
+// resolvers holds the resolvers of the running blocks: one proxy (with its connection manager
+// goroutine, its pooled connections and the memory above) per address and read timeout, however
+// many blocks ask it. The first block to start with it starts it, the last to stop stops it; a
+// reload starts the new blocks first, so it keeps what the old ones learnt.
+var resolvers = struct {
+	sync.Mutex
+	m map[resolverKey]*resolver
+}{m: map[resolverKey]*resolver{}}
+
+func acquireResolver(k resolverKey) *resolver {
+	resolvers.Lock()
+	defer resolvers.Unlock()
+	r := resolvers.m[k]
+	if r == nil {
+		p := proxy.NewProxy("flatten", k.addr, transport.DNS)
+		p.SetReadTimeout(k.readTimeout)
+		p.Start(time.Second) // the probe interval is never used: nothing calls Healthcheck
+		r = &resolver{proxy: p, key: k}
+		resolvers.m[k] = r
+	}
+	r.users++
+	return r
+}
+
+func (r *resolver) release() {
+	resolvers.Lock()
+	defer resolvers.Unlock()
+	if r.users--; r.users == 0 {
+		delete(resolvers.m, r.key)
+		r.proxy.Stop()
+	}
 }
 
 const (
@@ -185,27 +229,21 @@ const (
 )
 
 func newProxyExchanger(addrs []string, timeout time.Duration) *proxyExchanger {
-	pe := &proxyExchanger{}
 	// Give each resolver a fair share of the budget so the next one is still tried in time.
 	perTry := max(timeout/time.Duration(min(len(addrs), 3)), 100*time.Millisecond)
-	for _, a := range addrs {
-		p := proxy.NewProxy("flatten", a, transport.DNS)
-		p.SetReadTimeout(perTry)
-		pe.resolvers = append(pe.resolvers, &resolver{proxy: p})
-	}
-	return pe
+	return &proxyExchanger{addrs: addrs, perTry: perTry}
 }
 
+// start takes the block's resolvers from the shared ones.
 func (pe *proxyExchanger) start() {
-	for _, r := range pe.resolvers {
-		// The probe interval is never used: nothing calls Healthcheck.
-		r.proxy.Start(time.Second)
+	for _, a := range pe.addrs {
+		pe.resolvers = append(pe.resolvers, acquireResolver(resolverKey{a, pe.perTry}))
 	}
 }
 
 func (pe *proxyExchanger) stop() {
 	for _, r := range pe.resolvers {
-		r.proxy.Stop()
+		r.release()
 	}
 }
 
