@@ -17,7 +17,7 @@ type aliasTable struct {
 }
 
 func newAliasTable() aliasTable {
-	return aliasTable{one: map[string]*pinnedTarget{}, more: map[string][]*pinnedTarget{}}
+	return aliasTable{one: map[string]*pinnedTarget{}}
 }
 
 // alias is the targets of one configured name, in order of preference: each target's pinned
@@ -40,10 +40,13 @@ func (t aliasTable) get(name string) (alias, bool) {
 }
 
 // add configures the alias name (a lowercased FQDN) to targets, in order of preference.
-func (t aliasTable) add(name string, targets []*pinnedTarget) {
-	if len(targets) == 1 {
+func (t *aliasTable) add(name string, targets []*pinnedTarget) {
+	switch {
+	case len(targets) == 1:
 		t.one[name] = targets[0]
-	} else {
+	case t.more == nil: // few blocks have one: with 10,000 blocks, an empty map each adds up
+		t.more = map[string][]*pinnedTarget{name: targets}
+	default:
 		t.more[name] = targets
 	}
 }

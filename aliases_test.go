@@ -21,7 +21,7 @@ import (
 // cache resolves and finds by name, shared by the aliases that name the same target.
 func TestAliasTableFindsEveryName(t *testing.T) {
 	f := newTestFlatten()
-	tab := f.aliases
+	tab := &f.aliases
 	var names []string
 	for n := 2; n <= 40; n++ {
 		// "a.", "ab.", ... up to 40 bytes: lengths around maxShortName (23) included.

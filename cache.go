@@ -65,12 +65,11 @@ type cache struct {
 	// more per target.
 	pins []*pinnedTarget
 
-	// mu guards the rest: the slots made on demand and what indexes them, what is shared
-	// between entries, and the refresh schedule. Answers from a pinned slot take no lock.
+	// mu guards the rest: the slots made on demand and what indexes them, and the refresh
+	// schedule. Answers from a pinned slot take no lock.
 	mu     sync.RWMutex
-	slots  map[cacheKey]*slot // the slots made on demand, at most cfg.capacity
+	slots  map[cacheKey]*slot // the slots made on demand, at most cfg.capacity; nil until one is
 	scopes scopeIndex         // the prefix lengths of the client-network slots (scope.go)
-	intern interner
 	sched  schedule
 }
 
@@ -84,7 +83,6 @@ func newCache(cfg *config, resolve resolveFunc, pins []*pinnedTarget, bg *backgr
 		bg:      bg,
 		limiter: rate.NewLimiter(rate.Every(refreshInterval(cfg.refreshRate)), 1),
 		pins:    pins,
-		slots:   make(map[cacheKey]*slot),
 	}
 }
 
@@ -153,6 +151,9 @@ func (c *cache) slotFor(k cacheKey) *slot {
 	}
 	s := new(slot)
 	s.init(k)
+	if c.slots == nil {
+		c.slots = map[cacheKey]*slot{}
+	}
 	c.slots[k] = s
 	c.scopes.count(k, 1)
 	c.countLocked()
@@ -378,7 +379,7 @@ func (c *cache) run(ctx context.Context, s *slot, fl *flight, q question) {
 	q.sub = networkFor(s, q.sub)
 	start := time.Now()
 	ch, err := c.resolve(ctx, q)
-	lookupDuration.WithLabelValues(q.labels.server, q.labels.zones, q.labels.view).Observe(time.Since(start).Seconds())
+	lookupDuration.WithLabelValues(q.labels.server).Observe(time.Since(start).Seconds())
 
 	now := c.now()
 	prev, before := s.fail.Load(), s.good.Load()
@@ -408,15 +409,12 @@ func (c *cache) run(ctx context.Context, s *slot, fl *flight, q question) {
 // lead to become the shared copies (ch's hops are taken over), and its TTL, clamped by `ttl MIN
 // MAX`, the lifetime.
 func (c *cache) newEntry(ch *chain, now time.Time) *entry {
-	e := &entry{fetched: since(now), ttl: c.cfg.clampTTL(ch.ttl), nxdomain: ch.nxdomain}
+	e := &entry{fetched: since(now), ttl: c.cfg.clampTTL(ch.ttl), nxdomain: ch.nxdomain, set: shared.addrs(ch.addrs)}
 	if len(ch.hops) > 0 {
+		for i := range ch.hops {
+			ch.hops[i].target = shared.name(ch.hops[i].target)
+		}
 		e.path = &path{hops: ch.hops}
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e.set = c.intern.addrs(ch.addrs)
-	for i := range ch.hops {
-		ch.hops[i].target = c.intern.name(ch.hops[i].target)
 	}
 	return e
 }

@@ -1,9 +1,16 @@
 package flatten
 
-import "github.com/miekg/dns"
+import (
+	"sync"
+
+	"github.com/miekg/dns"
+)
 
 // maxInterned bounds the address RRsets and the names remembered for sharing.
 const maxInterned = 1 << 16
+
+// shared is the process's interner.
+var shared interner
 
 // interner lets entries share one copy of what repeats between them. Many aliases typically end
 // at a few servers (the agency pattern: every client's name follows one of a handful of server
@@ -11,12 +18,13 @@ const maxInterned = 1 << 16
 // 100,000 aliases sharing saves most of the cache's memory; the names that chains lead to repeat
 // the same way. What is shared is never modified (renamed copies the records for each answer).
 // Both maps are bounded: when one is full it starts over, and later entries share with each other.
-// Guarded by cache.mu.
+// There is one for the process (shared), so that blocks that follow the same servers share too.
 //
 // Go's unique package would share names without a bound, but its canonical copy is dropped once
 // no Handle refers to it, and entries keep the string, not a Handle: after the next collection
 // the same name would be copied again.
 type interner struct {
+	mu    sync.Mutex
 	sets  map[string]*addrSet
 	names map[string]string
 }
@@ -44,6 +52,8 @@ func (in *interner) addrs(rrs []dns.RR) *addrSet {
 			return &addrSet{rrs: rrs}
 		}
 	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
 	if shared, ok := in.sets[string(key)]; ok {
 		return shared
 	}
@@ -57,6 +67,8 @@ func (in *interner) addrs(rrs []dns.RR) *addrSet {
 
 // name returns the shared copy of name.
 func (in *interner) name(name string) string {
+	in.mu.Lock()
+	defer in.mu.Unlock()
 	if shared, ok := in.names[name]; ok {
 		return shared
 	}

@@ -7,9 +7,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 )
 
-// Every metric has the labels `server` (the listener, as in every CoreDNS metric), `zones` and
-// `view` (the server block's, as CoreDNS's *cache* labels its metrics), so that the blocks on one
-// listener never overwrite each other; and no client or query name label, so their number is
+// Every counter and gauge has the labels `server` (the listener, as in every CoreDNS metric),
+// `zones` and `view` (the server block's, as CoreDNS's *cache* labels its metrics), so that the
+// blocks on one listener never overwrite each other; and no client or query name label, so their number is
 // bounded by the configuration.
 var (
 	// requests counts A/AAAA queries for flattened names.
@@ -77,7 +77,9 @@ var (
 		Help:      "Counter of upstream questions that failed, by reason.",
 	}, []string{"server", "zones", "view", "reason"})
 
-	// lookupDuration is the time taken to resolve one chain.
+	// lookupDuration is the time taken to resolve one chain. Per listener only: a histogram per
+	// server block cost 2.4 KB of heap a block, as much as everything else of a block with two
+	// aliases.
 	lookupDuration = promauto.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace:                   plugin.Namespace,
 		Subsystem:                   "flatten",
@@ -85,7 +87,7 @@ var (
 		Buckets:                     plugin.TimeBuckets,
 		NativeHistogramBucketFactor: plugin.NativeHistogramBucketFactor,
 		Help:                        "Histogram of the time taken to resolve a chain upstream.",
-	}, []string{"server", "zones", "view"})
+	}, []string{"server"})
 
 	// cacheEntries is the number of cache entries.
 	cacheEntries = promauto.NewGaugeVec(prometheus.GaugeOpts{

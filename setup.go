@@ -121,7 +121,7 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 			var err error
 			switch opt {
 			case "alias":
-				err = parseAlias(c, f.cfg, f.aliases, pins)
+				err = parseAlias(c, f.cfg, &f.aliases, pins)
 			case "upstream":
 				err = f.cfg.parseUpstream(c)
 			case "max_depth":
@@ -179,7 +179,7 @@ func args(c *caddy.Controller, n int) ([]string, error) {
 
 // parseAlias reads `alias NAME TARGET [TARGET...]`: the targets are tried in order (failover).
 // pins holds the targets of the aliases read before, by name.
-func parseAlias(c *caddy.Controller, cfg *config, aliases aliasTable, pins map[string]*pinnedTarget) error {
+func parseAlias(c *caddy.Controller, cfg *config, aliases *aliasTable, pins map[string]*pinnedTarget) error {
 	a := c.RemainingArgs()
 	if len(a) < 2 {
 		return c.Errf("'alias' takes a NAME and at least 1 TARGET, got %d argument(s): %v", len(a), a)
