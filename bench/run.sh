@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of flatten against what users would run instead. One command:
 #
-#   bench/run.sh                 # the full run (about 14 minutes on 2 cores); writes bench/RESULTS.md
-#   QUICK=1 bench/run.sh         # about 3 minutes: checks the script, numbers not worth quoting
+#   bench/run.sh                 # the full run (about 16 minutes on 2 cores); writes bench/RESULTS.md
+#   QUICK=1 bench/run.sh         # about 4 minutes: checks the script, numbers not worth quoting
 #
 # It installs dnsperf, pdns-server, pdns-backend-bind and pdns-recursor from Debian if they are
 # missing (without letting the packages start their services), builds cmd/coredns into
@@ -20,8 +20,10 @@
 #   2  cache + flatten (+ file)            3b cache + file, static apex A/AAAA
 #   4  PowerDNS ALIAS, default caches      5  PowerDNS ALIAS, packet and query caches off
 # Also: the cold path (upstream COLD_DELAY away), a thundering herd (HERD_N concurrent first
-# queries), ALIASES configured aliases (startup, upstream rate, memory, hit-path QPS), and the Go
-# benchmarks of the plugin (bench_test.go) pinned to the server core.
+# queries), ALIASES configured aliases (startup, upstream rate, memory, hit-path QPS), BLOCKS
+# server blocks on one listener, each with its own flatten (memory and startup against the same
+# Corefile without flatten, upstream rate, QPS), and the Go benchmarks of the plugin
+# (bench_test.go) pinned to the server core.
 #
 # Settings (environment):
 #   ROUNDS=5         rounds alternating between rows (at least 3); medians are reported
@@ -34,6 +36,10 @@
 #   RATE=5000        refresh_rate written into the big case's Corefile (upstream queries per
 #                    second of background resolution); RATE=0 writes none (the plugin's default)
 #   BIG_DELAY=0s     the fake target's delay in the big case
+#   BLOCKS=10000     server blocks of the blocks case (clientN.test, two aliases each); SAMPLE of
+#                    them are queried; BLOCKS_ROUNDS=3 max-QPS runs of each of its two servers;
+#                    BLOCKS_TIMEOUT=900 seconds from exec to ready before it gives up on a server
+#                    (the run then reports what it measured and ends with an error)
 #   COLD_DELAY=20ms  the fake target's delay for the cold path and the herd; COLD_REPS=5 repetitions
 #   HERD_N=1000      queries in the herd
 #   GOBENCH_COUNT=5  -count of the Go benchmarks
@@ -42,9 +48,9 @@
 #                    for both cores to be under FOREIGN_MAX% busy, and a run during which other
 #                    processes took more than FOREIGN_MAX% of either core is repeated up to
 #                    RETRIES=2 times; all waits and repeats together stop after EXTRA_BUDGET=180 s
-#   PHASES=rows,cold,herd,big,gobench   which parts to run
-#   QUICK=1          ROUNDS=3 DURATION=2 ALIASES=10000 GOBENCH_COUNT=1 COLD_REPS=3 RETRIES=1
-#                    QUIET_WAIT=2 EXTRA_BUDGET=20 unless set
+#   PHASES=rows,cold,herd,big,blocks,gobench   which parts to run
+#   QUICK=1          ROUNDS=3 DURATION=2 ALIASES=10000 BLOCKS=1000 BLOCKS_TIMEOUT=180
+#                    GOBENCH_COUNT=1 COLD_REPS=3 RETRIES=1 QUIET_WAIT=2 EXTRA_BUDGET=20 unless set
 #   RESULTS=bench/RESULTS.md    where the table goes
 set -euo pipefail
 

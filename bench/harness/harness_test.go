@@ -221,3 +221,49 @@ func TestRenderLimitRow(t *testing.T) {
 		}
 	}
 }
+
+// The blocks case: its section, memory above the baseline per block, and its two targets, also
+// when the flatten server was not ready in time.
+func TestRenderBlocks(t *testing.T) {
+	runs := []perf{{QPS: 50000}, {QPS: 52000}, {QPS: 51000}}
+	g := &blocksResult{Blocks: 10000, Targets: 256, Sample: 10000, Rounds: 3, TimeoutSeconds: 900,
+		Base: blocksServer{ListenSeconds: 1, ReadySeconds: 1.5, StartupSeconds: 1.5, Ready: true, RSSSettledKB: 300 * 1024, HWMSettledKB: 310 * 1024, RSSAfterKB: 320 * 1024, Runs: runs, QPS: 51000},
+		Flat: blocksServer{ListenSeconds: 1.2, ReadySeconds: 1.6, RoundSeconds: 41, StartupSeconds: 41, Ready: true, RoundLog: "startup round done in 40s: 40000 of 40000 targets and types resolved, 0 failed",
+			RSSSettledKB: 320 * 1024, HWMSettledKB: 330 * 1024, RSSAfterKB: 350 * 1024, Runs: runs, QPS: 51000},
+		Upstream: 40000, SpanSeconds: 40, MaxPerSecond: 1000, Names: 256, MaxPerNameType: 157}
+	r := results{Config: config{Rounds: 3, Blocks: 10000}, Blocks: g}
+	md := render(&r)
+	for _, want := range []string{
+		"## 10000 server blocks\n",
+		"| 10000 blocks: resident memory above the no-flatten baseline (VmRSS settled after the startup, and VmHWM) | <= 24 MB | 20.0 MB (2097 bytes per block); peak 20.0 MB; after the load 30.0 MB | yes |",
+		"| 10000 blocks: upstream questions in any 1 s during startup | <= 1000 (refresh_rate) | 1000 | yes |",
+		"| startup: exec to both (the startup time) | 1.5 s | 41.0 s | |",
+		"| VmHWM (the peak) then | 310.0 MB | 330.0 MB | 20.0 MB (2097 bytes per block) |",
+		"(`startup round done in 40s: 40000 of 40000 targets and types resolved, 0 failed`)",
+		"| 51000 (50000, 52000, 51000) |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("missing %q in\n%s", want, md)
+		}
+	}
+
+	g.Flat = blocksServer{ListenSeconds: 1.2, StartupSeconds: 900.1, RSSReadyKB: 310 * 1024, RSSSettledKB: 310 * 1024, HWMSettledKB: 320 * 1024}
+	g.MaxPerSecond, g.Error = 900, "CoreDNS with flatten: not ready 15m0s after the exec"
+	md = render(&r)
+	for _, want := range []string{
+		"**Not complete: CoreDNS with flatten: not ready 15m0s after the exec.**",
+		"| startup: exec to both (the startup time) | 1.5 s | **not ready after 900 s** | |",
+		"| 10000 blocks: resident memory above the no-flatten baseline (VmRSS settled after the startup, and VmHWM) | <= 24 MB | 10.0 MB (1049 bytes per block); peak 10.0 MB, not ready after 900 s | **not known** |",
+		"| 10000 blocks: upstream questions in any 1 s during startup | <= 1000 (refresh_rate) | 900 (until the timeout; not ready) | **not known** |",
+		"| not measured |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("missing %q in\n%s", want, md)
+		}
+	}
+	// A quick run's smaller count scales the memory target.
+	g.Blocks = 1000
+	if md = render(&r); !strings.Contains(md, "| <= 2.4 MB (24 MB per 10000 blocks) |") {
+		t.Errorf("memory target not scaled:\n%s", md)
+	}
+}

@@ -1,6 +1,7 @@
 // Command harness runs the side-by-side benchmark of bench/run.sh (which builds it, installs
 // what it needs and explains the settings): flatten against CoreDNS's file and cache plugins,
-// PowerDNS ALIAS and the limit of CoreDNS (its erratic plugin), plus the cold path, a thundering herd and 100,000 configured aliases. Every
+// PowerDNS ALIAS and the limit of CoreDNS (its erratic plugin), plus the cold path, a thundering
+// herd, 100,000 configured aliases and 10,000 server blocks on one listener. Every
 // server listens on 127.0.0.1 only, pinned to one core; the load generators run on the other.
 // It writes the results to RESULTS (markdown) and OUT/results.json, and raw output under OUT.
 package main
@@ -21,29 +22,32 @@ import (
 
 // config is read from the environment (bench/run.sh documents each variable).
 type config struct {
-	Rounds       int           `json:"rounds"`
-	Duration     int           `json:"duration_s"`    // each max-QPS run and each fixed-rate run
-	CalDuration  int           `json:"calibration_s"` // the warm-up run of each row that sets the fixed rate
-	FixedQPS     int           `json:"fixed_qps"`     // 0: half the slowest row's warm-up QPS
-	Clients      int           `json:"clients"`       // dnsperf -c
-	Outstanding  int           `json:"outstanding"`   // dnsperf -q
-	TTL          int           `json:"ttl"`
-	Aliases      int           `json:"aliases"`
-	Sample       int           `json:"sample"`       // names of the big case in its dnsperf file
-	RefreshRate  int           `json:"refresh_rate"` // 0: not written (the plugin's default applies)
-	BigDelay     string        `json:"big_delay"`
-	ColdDelay    string        `json:"cold_delay"`
-	ColdReps     int           `json:"cold_reps"`
-	HerdN        int           `json:"herd_n"`
-	ServerCPU    int           `json:"server_cpu"`
-	LoadCPU      int           `json:"load_cpu"`
-	Phases       string        `json:"phases"`
-	GoBenchCount int           `json:"go_bench_count"`
-	ForeignMax   float64       `json:"foreign_max"` // a run is repeated when others took more of the server core
-	Retries      int           `json:"retries"`
-	QuietWait    time.Duration `json:"quiet_wait"`
-	ExtraBudget  time.Duration `json:"extra_budget"` // all quiet waits and repeats together
-	Quick        bool          `json:"quick"`
+	Rounds        int           `json:"rounds"`
+	Duration      int           `json:"duration_s"`    // each max-QPS run and each fixed-rate run
+	CalDuration   int           `json:"calibration_s"` // the warm-up run of each row that sets the fixed rate
+	FixedQPS      int           `json:"fixed_qps"`     // 0: half the slowest row's warm-up QPS
+	Clients       int           `json:"clients"`       // dnsperf -c
+	Outstanding   int           `json:"outstanding"`   // dnsperf -q
+	TTL           int           `json:"ttl"`
+	Aliases       int           `json:"aliases"`
+	Sample        int           `json:"sample"`         // names of the big case (blocks of the blocks case) in its dnsperf file
+	Blocks        int           `json:"blocks"`         // server blocks of the blocks case
+	BlocksRounds  int           `json:"blocks_rounds"`  // max-QPS runs of each server of the blocks case
+	BlocksTimeout time.Duration `json:"blocks_timeout"` // from exec to ready, for each server of the blocks case
+	RefreshRate   int           `json:"refresh_rate"`   // 0: not written (the plugin's default applies)
+	BigDelay      string        `json:"big_delay"`
+	ColdDelay     string        `json:"cold_delay"`
+	ColdReps      int           `json:"cold_reps"`
+	HerdN         int           `json:"herd_n"`
+	ServerCPU     int           `json:"server_cpu"`
+	LoadCPU       int           `json:"load_cpu"`
+	Phases        string        `json:"phases"`
+	GoBenchCount  int           `json:"go_bench_count"`
+	ForeignMax    float64       `json:"foreign_max"` // a run is repeated when others took more of the server core
+	Retries       int           `json:"retries"`
+	QuietWait     time.Duration `json:"quiet_wait"`
+	ExtraBudget   time.Duration `json:"extra_budget"` // all quiet waits and repeats together
+	Quick         bool          `json:"quick"`
 
 	Out      string `json:"-"`
 	Results  string `json:"-"`
@@ -91,6 +95,9 @@ func loadConfig() config {
 	c.TTL = env("TTL", 30)
 	c.Aliases = env("ALIASES", pick(100000, 10000))
 	c.Sample = env("SAMPLE", 10000)
+	c.Blocks = env("BLOCKS", pick(10000, 1000))
+	c.BlocksRounds = env("BLOCKS_ROUNDS", min(c.Rounds, 3))
+	c.BlocksTimeout = time.Duration(env("BLOCKS_TIMEOUT", pick(900, 180))) * time.Second
 	c.RefreshRate = env("RATE", 0)
 	c.BigDelay = envStr("BIG_DELAY", "0s")
 	c.ColdDelay = envStr("COLD_DELAY", "20ms")
@@ -102,7 +109,7 @@ func loadConfig() config {
 	c.Retries = env("RETRIES", pick(2, 1))
 	c.QuietWait = time.Duration(env("QUIET_WAIT", pick(10, 2))) * time.Second
 	c.ExtraBudget = time.Duration(env("EXTRA_BUDGET", pick(180, 20))) * time.Second
-	c.Phases = envStr("PHASES", "rows,cold,herd,big,gobench")
+	c.Phases = envStr("PHASES", "rows,cold,herd,big,blocks,gobench")
 	c.GoBenchCount = env("GOBENCH_COUNT", pick(5, 1))
 	c.Out = envStr("OUT", "bench/out")
 	c.Results = envStr("RESULTS", "bench/RESULTS.md")
@@ -113,6 +120,10 @@ func loadConfig() config {
 	c.RepoRoot = envStr("REPO", ".")
 	if c.Rounds < 3 {
 		fmt.Fprintln(os.Stderr, "harness: ROUNDS must be at least 3 (medians of alternating rounds)")
+		os.Exit(2)
+	}
+	if c.BlocksRounds < 1 {
+		fmt.Fprintln(os.Stderr, "harness: BLOCKS_ROUNDS must be at least 1")
 		os.Exit(2)
 	}
 	return c
@@ -132,17 +143,18 @@ type harness struct {
 
 // results is everything measured, written to results.json and rendered to RESULTS.md.
 type results struct {
-	Config       config       `json:"config"`
-	Started      time.Time    `json:"started"`
-	Finished     time.Time    `json:"finished"`
-	Versions     []kv         `json:"versions"`
-	Machine      []kv         `json:"machine"`
-	Rows         *rowsResult  `json:"rows,omitempty"`
-	Cold         []coldResult `json:"cold,omitempty"`
-	Herd         []herdResult `json:"herd,omitempty"`
-	Big          *bigResult   `json:"big,omitempty"`
-	GoBench      []goBench    `json:"go_bench,omitempty"`
-	GoBenchCount int          `json:"go_bench_count,omitempty"`
+	Config       config        `json:"config"`
+	Started      time.Time     `json:"started"`
+	Finished     time.Time     `json:"finished"`
+	Versions     []kv          `json:"versions"`
+	Machine      []kv          `json:"machine"`
+	Rows         *rowsResult   `json:"rows,omitempty"`
+	Cold         []coldResult  `json:"cold,omitempty"`
+	Herd         []herdResult  `json:"herd,omitempty"`
+	Big          *bigResult    `json:"big,omitempty"`
+	Blocks       *blocksResult `json:"blocks,omitempty"`
+	GoBench      []goBench     `json:"go_bench,omitempty"`
+	GoBenchCount int           `json:"go_bench_count,omitempty"`
 }
 
 type kv struct {
@@ -228,6 +240,20 @@ func (h *harness) run() error {
 		}
 		h.res.Big = r
 	}
+	// A blocks case that measured something but failed (not ready in time, wrong answers) is
+	// reported, and the run ends with its error once the results are written.
+	var failed error
+	if h.phase("blocks") {
+		r, err := h.blocks()
+		h.procs.stopAll()
+		if err != nil {
+			return fmt.Errorf("%d server blocks: %w", h.cfg.Blocks, err)
+		}
+		h.res.Blocks = r
+		if r.Error != "" {
+			failed = fmt.Errorf("%d server blocks: %s (the results so far are in %s)", h.cfg.Blocks, r.Error, h.cfg.Results)
+		}
+	}
 	if h.phase("gobench") {
 		h.res.GoBenchCount = h.cfg.GoBenchCount
 		r, err := h.gobench(h.cfg.GoBenchCount)
@@ -250,7 +276,7 @@ func (h *harness) run() error {
 		return err
 	}
 	fmt.Print(md)
-	return nil
+	return failed
 }
 
 // sleep waits d or until the run is interrupted.

@@ -20,8 +20,8 @@ func render(r *results) string {
 		p(" in QUICK mode (a check of the script, not a measurement to quote)")
 	}
 	p(" (reproduce: `bench/run.sh`; its header explains every setting)")
-	p(". Settings: ROUNDS=%d DURATION=%d s per run, dnsperf -c %d -q %d, TTL %d s, ALIASES=%d, RATE=%s.\n\n",
-		c.Rounds, c.Duration, c.Clients, c.Outstanding, c.TTL, c.Aliases, rateText(c.RefreshRate))
+	p(". Settings: ROUNDS=%d DURATION=%d s per run, dnsperf -c %d -q %d, TTL %d s, ALIASES=%d, RATE=%s, BLOCKS=%d.\n\n",
+		c.Rounds, c.Duration, c.Clients, c.Outstanding, c.TTL, c.Aliases, rateText(c.RefreshRate), c.Blocks)
 
 	if rows := r.Rows; rows != nil {
 		renderRows(&b, r, rows)
@@ -75,6 +75,9 @@ func render(r *results) string {
 			parts = append(parts, fmt.Sprintf("%.0f / %.0f", x.Big.QPS, x.One.QPS))
 		}
 		p("%s.\n\n", strings.Join(parts, "; "))
+	}
+	if g := r.Blocks; g != nil {
+		renderBlocks(&b, r, g)
 	}
 	if len(r.GoBench) > 0 {
 		p("## Go benchmarks (one `go test -bench` run, pinned to the server core, GOMAXPROCS=1)\n\n")
@@ -168,6 +171,86 @@ func expectedRefresh(u upstream) int {
 
 type goal struct{ what, need, got, met string }
 
+func renderBlocks(b *strings.Builder, r *results, g *blocksResult) {
+	p := func(format string, a ...any) { fmt.Fprintf(b, format, a...) }
+	c := r.Config
+	p("## %d server blocks\n\n", g.Blocks)
+	p("One CoreDNS with %d server blocks `clientN.test` on one listener (`bind 127.0.0.1`), each with `ready`, `file` (the same zone file: SOA, NS, the NS's A) and `flatten { alias @ sM.agency.test.; alias www sK.agency.test.; upstream TARGET }`, M and K spread over %d names of the fake target (delay 0, A and AAAA, TTL 3600), refresh_rate not set (the plugin's default, 1000/s), plus one block with `prometheus`. `ready` is in every block, as it reports the plugins of the blocks it is in, but CoreDNS keeps one readiness per plugin name (the last block's *flatten*), so startup counts until both its 200 and *flatten*'s log line that every block's startup round is done%s. The baseline is the same Corefile without the `flatten { ... }` lines, run before it, not at the same time. Both pinned to core %d, GOMAXPROCS=1.\n\n",
+		g.Blocks, g.Targets, roundLog(g.Flat), c.ServerCPU)
+	if g.Error != "" {
+		p("**Not complete: %s.** What was measured until then is below.\n\n", g.Error)
+	}
+	bs, fs := g.Base, g.Flat
+	sec := func(v float64) string {
+		if v == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f s", v)
+	}
+	ready := func(s blocksServer) string {
+		if !s.Ready && s.StartupSeconds > 0 {
+			return fmt.Sprintf("**not ready after %.0f s**", s.StartupSeconds)
+		}
+		return sec(s.StartupSeconds)
+	}
+	qps := func(s blocksServer) string {
+		if len(s.Runs) == 0 {
+			return "not measured"
+		}
+		return fmt.Sprintf("%.0f (%s)", s.QPS, qpsList(s.Runs))
+	}
+	diff := func(f, base int) string {
+		if f == 0 || base == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f MB (%.0f bytes per block)", mb(f-base), g.perBlock(f, base))
+	}
+	p("| measure | without flatten | with flatten | flatten's share (above the baseline) |\n|---|---|---|---|\n")
+	p("| startup: exec to the listener's first answer | %s | %s | |\n", sec(bs.ListenSeconds), sec(fs.ListenSeconds))
+	p("| startup: exec to the *ready* plugin's 200 | %s | %s | |\n", sec(bs.ReadySeconds), sec(fs.ReadySeconds))
+	p("| startup: exec to flatten's log line that every block's startup round is done | | %s | |\n", sec(fs.RoundSeconds))
+	p("| startup: exec to both (the startup time) | %s | %s | |\n", ready(bs), ready(fs))
+	p("| VmRSS when ready (or at the timeout) | %s | %s | %s |\n", mbText(bs.RSSReadyKB), mbText(fs.RSSReadyKB), diff(fs.RSSReadyKB, bs.RSSReadyKB))
+	p("| VmRSS settled (after %.0f s / %.0f s) | %s | %s | %s |\n", bs.SettleSecs, fs.SettleSecs, mbText(bs.RSSSettledKB), mbText(fs.RSSSettledKB), diff(fs.RSSSettledKB, bs.RSSSettledKB))
+	p("| VmHWM (the peak) then | %s | %s | %s |\n", mbText(bs.HWMSettledKB), mbText(fs.HWMSettledKB), diff(fs.HWMSettledKB, bs.HWMSettledKB))
+	p("| VmRSS / VmHWM after the load | %s / %s | %s / %s | %s / %s |\n", mbText(bs.RSSAfterKB), mbText(bs.HWMAfterKB), mbText(fs.RSSAfterKB), mbText(fs.HWMAfterKB),
+		diff(fs.RSSAfterKB, bs.RSSAfterKB), diff(fs.HWMAfterKB, bs.HWMAfterKB))
+	p("| after the load, anonymous (heap, stacks) / file-backed (the binary) | %s / %s | %s / %s | %s |\n", mbText(bs.AnonAfterKB), mbText(bs.FileAfterKB), mbText(fs.AnonAfterKB), mbText(fs.FileAfterKB),
+		diff(fs.AnonAfterKB, bs.AnonAfterKB))
+	p("| max QPS, A and AAAA for the apex and www of %d blocks (median of %d; per run) | %s | %s | |\n", g.Sample, g.Rounds, qps(bs), qps(fs))
+	p("| runs repeated (others took the cores) | %d | %d | |\n", bs.Retries, fs.Retries)
+	p("| upstream questions during startup (distinct names; most for one name and type) | | %d (%d; %d) | |\n", g.Upstream, g.Names, g.MaxPerNameType)
+	p("| target: first to last question of the startup | | %.1f s | |\n", g.SpanSeconds)
+	p("| highest upstream questions in any 1 s window (arrival times at the target, 10 ms buckets) | | %d | |\n", g.MaxPerSecond)
+	if len(fs.Runs) > 0 {
+		p("| upstream questions during the load | | %d | |\n", g.UpstreamLoad)
+	}
+	p("\nWithout flatten the apex has no A or AAAA (NOERROR, no answer) and www does not exist (NXDOMAIN): its QPS is that of *file* answering those, a reference, not the same work.\n\n")
+}
+
+// roundLog quotes flatten's log line, as a parenthesis.
+func roundLog(s blocksServer) string {
+	if s.RoundLog == "" {
+		return ""
+	}
+	return " (`" + s.RoundLog + "`)"
+}
+
+func mbText(kb int) string {
+	if kb == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f MB", mb(kb))
+}
+
+func qpsList(runs []perf) string {
+	var s []string
+	for _, x := range runs {
+		s = append(s, fmt.Sprintf("%.0f", x.QPS))
+	}
+	return strings.Join(s, ", ")
+}
+
 func renderTargets(b *strings.Builder, r *results) {
 	var t []goal
 	yes := func(ok bool) string {
@@ -219,6 +302,38 @@ func renderTargets(b *strings.Builder, r *results) {
 		t = append(t,
 			goal{fmt.Sprintf("%d aliases: resident memory (VmHWM, the peak)", g.Aliases), "< 200 MB", fmt.Sprintf("%.1f MB", mb(g.HWMKB)), yes(mb(g.HWMKB) < 200)},
 			goal{fmt.Sprintf("%d aliases: hit-path max QPS / one alias", g.Aliases), ">= 0.85", fmt.Sprintf("%.3f", g.Ratio), yes(g.Ratio >= 0.85)})
+	}
+	if g := r.Blocks; g != nil {
+		goalMB := blocksGoalMB(g.Blocks)
+		need := "<= " + strconv.FormatFloat(goalMB, 'f', -1, 64) + " MB"
+		if g.Blocks != 10000 {
+			need += " (24 MB per 10000 blocks)"
+		}
+		// Judged on VmRSS once settled after the startup and on the peak (VmHWM) then; VmRSS after
+		// the load is shown beside them.
+		above := g.Flat.RSSSettledKB - g.Base.RSSSettledKB
+		peak := g.Flat.HWMSettledKB - g.Base.HWMSettledKB
+		got := fmt.Sprintf("%.1f MB (%.0f bytes per block); peak %.1f MB", mb(above), g.perBlock(g.Flat.RSSSettledKB, g.Base.RSSSettledKB), mb(peak))
+		if g.Flat.RSSAfterKB > 0 && g.Base.RSSAfterKB > 0 {
+			got += fmt.Sprintf("; after the load %.1f MB", mb(g.Flat.RSSAfterKB-g.Base.RSSAfterKB))
+		}
+		met := yes(mb(max(above, peak)) <= goalMB)
+		if !g.Flat.Ready {
+			got += ", not ready after " + strconv.FormatFloat(g.TimeoutSeconds, 'f', 0, 64) + " s"
+			if mb(max(above, peak)) <= goalMB {
+				met = "**not known**"
+			}
+		}
+		t = append(t, goal{fmt.Sprintf("%d blocks: resident memory above the no-flatten baseline (VmRSS settled after the startup, and VmHWM)", g.Blocks), need, got, met})
+		got = strconv.Itoa(g.MaxPerSecond)
+		met = yes(g.MaxPerSecond <= 1000)
+		if !g.Flat.Ready {
+			got += " (until the timeout; not ready)"
+			if g.MaxPerSecond <= 1000 {
+				met = "**not known**"
+			}
+		}
+		t = append(t, goal{fmt.Sprintf("%d blocks: upstream questions in any 1 s during startup", g.Blocks), "<= 1000 (refresh_rate)", got, met})
 	}
 	if hit, cache, ok := r.goBench("BenchmarkFlattenHit"), r.goBench("BenchmarkCachePluginHit"), len(r.GoBench) > 0; ok && hit != nil && cache != nil {
 		t = append(t,
