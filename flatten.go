@@ -185,7 +185,7 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 		if f.cfg.explainNets != nil && isExplainQuery(r) {
 			return f.explain(ctx, w, r)
 		}
-		if len(r.Question) == 1 {
+		if r.Opcode == dns.OpcodeQuery && len(r.Question) == 1 {
 			if _, ok := f.aliases.get(r.Question[0].Name); ok {
 				// Another type at a configured alias: the zone answers, but the name exists.
 				w = existingName{w}
