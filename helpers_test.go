@@ -431,3 +431,16 @@ func (c *cache) stop() {
 	c.bg.stop()
 	c.close()
 }
+
+// busiestSecond is the most arrivals (in order) in any window of one second.
+func busiestSecond(arrivals []time.Time) int {
+	most := 0
+	for i := range arrivals {
+		n := 0
+		for j := i; j < len(arrivals) && arrivals[j].Sub(arrivals[i]) < time.Second; j++ {
+			n++
+		}
+		most = max(most, n)
+	}
+	return most
+}

@@ -7,7 +7,7 @@ import (
 	"sync"
 )
 
-// background runs the goroutines of one instance (the cache's refresher and resolutions, the
+// background runs the goroutines of one instance (the cache's refreshes and resolutions, the
 // health checker's prober) and ends them together. The *reload* plugin starts a new instance
 // before it shuts the old one down, and a query can arrive while that happens: spawn and stop
 // are ordered by mu, so nothing is added to wg once stop waits on it.

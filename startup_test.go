@@ -122,14 +122,7 @@ func TestBlocksShareUpstreams(t *testing.T) {
 	})
 	mu.Lock()
 	defer mu.Unlock()
-	most := 0
-	for i := range arrivals {
-		n := 0
-		for j := i; j < len(arrivals) && arrivals[j].Sub(arrivals[i]) < time.Second; j++ {
-			n++
-		}
-		most = max(most, n)
-	}
+	most := busiestSecond(arrivals)
 	if most > rate {
 		t.Errorf("%d upstream questions in one second from the two blocks, want at most %d (the lower refresh_rate)", most, rate)
 	}
