@@ -265,3 +265,27 @@ func mapsEqual(a, b map[string]string) bool {
 	}
 	return true
 }
+
+// TestExplainSaysWhyNotYet: with nothing known of a target, explain says why: the server to
+// resolve through is not known yet (and whether the block could ask its own listener), or the
+// startup round is running.
+func TestExplainSaysWhyNotYet(t *testing.T) {
+	f := newLadderFlatten(&switchableUpstream{}, newFakeClock(), false)
+	f.self = newSelfExchanger()
+	for _, tc := range []struct {
+		probed bool
+		want   string
+	}{
+		{false, "the startup round waits for the server to resolve through"},
+		{true, "could not ask its own listener for the server to resolve through; the first query brings it"},
+	} {
+		f.self.probed.Store(tc.probed)
+		if got := f.notYet(); !strings.Contains(got, tc.want) {
+			t.Errorf("probed %v: %q, want %q", tc.probed, got, tc.want)
+		}
+	}
+	f.self = nil
+	if got := f.notYet(); !strings.Contains(got, "the startup round is running") {
+		t.Errorf("before the round: %q", got)
+	}
+}
