@@ -475,14 +475,8 @@ func TestCachePinnedFailureStandsUntilRetry(t *testing.T) {
 func TestRefreshRatePacesBackgroundQueries(t *testing.T) {
 	const aliases, rate = 20, 40
 	u := newFakeUpstream(t, "srv.agency.test. 300 IN A 192.0.2.10", "srv.agency.test. 300 IN AAAA 2001:db8::10")
-	var mu sync.Mutex
-	var arrivals []time.Time
-	record := func(w dns.ResponseWriter, r *dns.Msg) {
-		mu.Lock()
-		arrivals = append(arrivals, time.Now())
-		mu.Unlock()
-		w.WriteMsg(u.answer(r))
-	}
+	var arrived arrivals
+	record := arrived.answering(u)
 	lines := []string{"upstream " + u.Addr, fmt.Sprintf("refresh_rate %d", rate)}
 	u.handle("srv.agency.test.", record)
 	for i := range aliases {
@@ -497,9 +491,7 @@ func TestRefreshRatePacesBackgroundQueries(t *testing.T) {
 	const want = aliases * 2 * 2
 	deadline := time.Now().Add(4 * want * time.Second / rate)
 	for {
-		mu.Lock()
-		n := len(arrivals)
-		mu.Unlock()
+		n := arrived.count()
 		if n >= want {
 			break
 		}
@@ -508,13 +500,11 @@ func TestRefreshRatePacesBackgroundQueries(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	mu.Lock()
-	defer mu.Unlock()
 	// The most questions in any window of one second, as they arrive: at most the rate. The
 	// pacing leaves 20 ms of slack for questions that leave late and arrive close to the next
 	// one. Without pacing all 80 arrive in one burst; paced at exactly the rate, a window that
 	// starts with a question holds rate+1.
-	most := busiestSecond(arrivals)
+	most := arrived.busiestSecond()
 	if most > rate {
 		t.Errorf("%d upstream questions in one second, want at most %d (refresh_rate %d)", most, rate, rate)
 	}

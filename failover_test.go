@@ -236,13 +236,7 @@ func TestHealthCheckNoProbeSurvivesReload(t *testing.T) {
 	before := healthLoops()
 	cf := flattenCorefile(exampleZone(t), "alias @ primary.agency.test.", "upstream "+u.Addr,
 		fmt.Sprintf("health_check tcp %d 100ms", port))
-	// Not startCoreDNS: after a restart the first instance is gone, and its cleanup must not
-	// shut it down a second time.
-	useFlattenDirective(t)
-	inst, err := caddy.Start(caddy.CaddyfileInput{Filepath: "Corefile", Contents: []byte(cf), ServerTypeName: "dns"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	inst := startReloadable(t, cf)
 	waitFor(t, "the health checker", func() bool { return healthLoops()-before == 1 })
 	for i := range 3 {
 		next, err := inst.Restart(caddy.CaddyfileInput{Filepath: "Corefile", Contents: []byte(cf), ServerTypeName: "dns"})
@@ -280,11 +274,7 @@ func TestHealthCheckStateSurvivesReload(t *testing.T) {
 	u.setRecursive()
 	cf := flattenCorefile(exampleZone(t), "alias @ primary.agency.test.", "upstream "+u.Addr,
 		fmt.Sprintf("health_check tcp %d 100ms", port))
-	useFlattenDirective(t)
-	inst, err := caddy.Start(caddy.CaddyfileInput{Filepath: "Corefile", Contents: []byte(cf), ServerTypeName: "dns"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	inst := startReloadable(t, cf)
 	sl := inst.Servers()[0]
 	srv := server{udp: sl.LocalAddr().String(), tcp: sl.Addr().String()}
 	answersWith(t, srv, "127.0.0.2")

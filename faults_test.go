@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/coredns/caddy"
-	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/file"
 	"github.com/coredns/coredns/plugin/test"
@@ -830,12 +829,7 @@ func TestReloadDuringOutageKeepsStale(t *testing.T) {
 		w.WriteMsg(reply(r, aRR(faultTarget, 300, "192.0.2.10")))
 	})
 	cf := flattenCorefile(exampleZone(t), "alias @ "+faultTarget, "upstream "+u.Addr, "ttl 1 1", "timeout 300ms")
-	useFlattenDirective(t)
-	caddy.Quiet, dnsserver.Quiet = true, true
-	inst, err := caddy.Start(caddy.CaddyfileInput{Filepath: "Corefile", Contents: []byte(cf), ServerTypeName: "dns"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	inst := startReloadable(t, cf)
 	defer func() { stopInstance(t, inst) }()
 	sl := inst.Servers()[0]
 	addr := server{udp: sl.LocalAddr().String(), tcp: sl.Addr().String()}

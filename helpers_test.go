@@ -231,15 +231,24 @@ func mustRR(t testing.TB, s string) dns.RR {
 // cmd/coredns. Everything is stopped, shutdown hooks included, when the test ends.
 func startCoreDNS(t *testing.T, corefile string) (server, *caddy.Instance) {
 	t.Helper()
+	inst := startReloadable(t, corefile)
+	t.Cleanup(func() { stopInstance(t, inst) })
+	sl := inst.Servers()[0]
+	return server{udp: sl.LocalAddr().String(), tcp: sl.Addr().String()}, inst
+}
+
+// startReloadable starts CoreDNS for a test that restarts it (what the *reload* plugin does):
+// the caller stops the last instance, since a restarted one is gone and a cleanup of the first
+// would shut it down a second time.
+func startReloadable(t *testing.T, corefile string) *caddy.Instance {
+	t.Helper()
 	useFlattenDirective(t)
 	caddy.Quiet, dnsserver.Quiet = true, true
 	inst, err := caddy.Start(caddy.CaddyfileInput{Filepath: "Corefile", Contents: []byte(corefile), ServerTypeName: "dns"})
 	if err != nil {
 		t.Fatalf("starting CoreDNS: %v\n%s", err, corefile)
 	}
-	t.Cleanup(func() { stopInstance(t, inst) })
-	sl := inst.Servers()[0]
-	return server{udp: sl.LocalAddr().String(), tcp: sl.Addr().String()}, inst
+	return inst
 }
 
 // server is where a CoreDNS started by a test listens: with port 0, UDP and TCP get different
@@ -432,12 +441,36 @@ func (c *cache) stop() {
 	c.close()
 }
 
-// busiestSecond is the most arrivals (in order) in any window of one second.
-func busiestSecond(arrivals []time.Time) int {
+// arrivals records when questions reach a fake upstream.
+type arrivals struct {
+	mu sync.Mutex
+	at []time.Time
+}
+
+// answering returns a handler that records each question's arrival and answers it as u would.
+func (a *arrivals) answering(u *fakeUpstream) dns.HandlerFunc {
+	return func(w dns.ResponseWriter, r *dns.Msg) {
+		a.mu.Lock()
+		a.at = append(a.at, time.Now())
+		a.mu.Unlock()
+		w.WriteMsg(u.answer(r))
+	}
+}
+
+func (a *arrivals) count() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.at)
+}
+
+// busiestSecond is the most arrivals in any window of one second.
+func (a *arrivals) busiestSecond() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	most := 0
-	for i := range arrivals {
+	for i := range a.at {
 		n := 0
-		for j := i; j < len(arrivals) && arrivals[j].Sub(arrivals[i]) < time.Second; j++ {
+		for j := i; j < len(a.at) && a.at[j].Sub(a.at[i]) < time.Second; j++ {
 			n++
 		}
 		most = max(most, n)

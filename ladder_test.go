@@ -246,13 +246,7 @@ func TestReloadLeavesNoGoroutine(t *testing.T) {
 	u := newFakeUpstream(t, agencyRecords...)
 	before := refresherGoroutines()
 	cf := flattenCorefile(exampleZone(t), "alias @ client1.agency.test.", "upstream "+u.Addr)
-	// Not startCoreDNS: after a restart the first instance is gone, and its cleanup must not
-	// shut it down a second time.
-	useFlattenDirective(t)
-	inst, err := caddy.Start(caddy.CaddyfileInput{Filepath: "Corefile", Contents: []byte(cf), ServerTypeName: "dns"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	inst := startReloadable(t, cf)
 	sl := inst.Servers()[0]
 	addr := server{udp: sl.LocalAddr().String(), tcp: sl.Addr().String()}
 	checkAddrs(t, query(t, addr, "udp", "example.org.", dns.TypeA, 0), "example.org.", "192.0.2.10", "192.0.2.11")

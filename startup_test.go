@@ -3,13 +3,9 @@ package flatten
 import (
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/coredns/caddy"
-	"github.com/coredns/coredns/core/dnsserver"
-	"github.com/miekg/dns"
 )
 
 // block returns the running instance that flattens zones.
@@ -29,12 +25,7 @@ func block(zones string) *Flatten {
 func TestSelfResolutionWithoutQueries(t *testing.T) {
 	logged := captureLog(t)
 	cf := selfCorefile(t, "alias @ client1.agency.test.", "ttl 1 1")
-	useFlattenDirective(t)
-	caddy.Quiet, dnsserver.Quiet = true, true
-	inst, err := caddy.Start(caddy.CaddyfileInput{Filepath: "Corefile", Contents: []byte(cf), ServerTypeName: "dns"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	inst := startReloadable(t, cf)
 	defer func() { stopInstance(t, inst) }()
 
 	waitFor(t, "the block ready, and its alias resolved, without a query", func() bool {
@@ -53,7 +44,7 @@ func TestSelfResolutionWithoutQueries(t *testing.T) {
 
 	// A reload: the new instance refreshes (TTL 1 s) without any query reaching it.
 	old := block("example.org.")
-	inst, err = inst.Restart(caddy.CaddyfileInput{Filepath: "Corefile", Contents: []byte(cf), ServerTypeName: "dns"})
+	inst, err := inst.Restart(caddy.CaddyfileInput{Filepath: "Corefile", Contents: []byte(cf), ServerTypeName: "dns"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,14 +73,8 @@ func TestBlocksShareUpstreams(t *testing.T) {
 	const aliases, rate = 10, 20
 	u := newFakeUpstream(t)
 	u.setRecursive()
-	var mu sync.Mutex
-	var arrivals []time.Time
-	record := func(w dns.ResponseWriter, r *dns.Msg) {
-		mu.Lock()
-		arrivals = append(arrivals, time.Now())
-		mu.Unlock()
-		w.WriteMsg(u.answer(r))
-	}
+	var arrived arrivals
+	record := arrived.answering(u)
 	var blocks []string
 	for b, zone := range []string{"example.org", "example.net"} {
 		lines := []string{"upstream " + u.Addr, fmt.Sprintf("refresh_rate %d", rate*(b+1))} // 20 and 40: 20 applies
@@ -115,14 +100,8 @@ func TestBlocksShareUpstreams(t *testing.T) {
 	}
 
 	const want = 2 * aliases * 2
-	waitFor(t, "the startup rounds", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(arrivals) >= want
-	})
-	mu.Lock()
-	defer mu.Unlock()
-	most := busiestSecond(arrivals)
+	waitFor(t, "the startup rounds", func() bool { return arrived.count() >= want })
+	most := arrived.busiestSecond()
 	if most > rate {
 		t.Errorf("%d upstream questions in one second from the two blocks, want at most %d (the lower refresh_rate)", most, rate)
 	}
