@@ -81,18 +81,9 @@ func newCache(cfg *config, resolve resolveFunc, pins []*pinnedTarget, bg *backgr
 		resolve: resolve,
 		now:     time.Now,
 		bg:      bg,
-		limiter: rate.NewLimiter(rate.Every(refreshInterval(cfg.refreshRate)), 1),
+		limiter: rate.NewLimiter(refreshLimit(cfg.refreshRate), 1),
 		pins:    pins,
 	}
-}
-
-// refreshInterval is the time between two paced questions at refresh_rate qps. The token bucket
-// (burst 1) lets one question out per interval; the interval is 2% longer than 1/qps, so that any
-// one-second window holds qps questions and not qps+1, and questions that leave up to 20 ms late
-// (a busy core, the Go scheduler) still do not crowd more than qps into any second as they arrive
-// upstream: the resolver sees the rate it was promised.
-func refreshInterval(qps int) time.Duration {
-	return time.Second * 102 / time.Duration(100*qps)
 }
 
 // pinned returns the pinned slots of name; nil if it is not a configured target.

@@ -230,6 +230,15 @@ type pace struct {
 	rates []int // of the blocks that use it
 }
 
+// refreshLimit is the limit of a limiter that paces questions at refresh_rate qps. The token
+// bucket (burst 1) lets one question out per interval; the interval is 2% longer than 1/qps, so
+// that any one-second window holds qps questions and not qps+1, and questions that leave up to
+// 20 ms late (a busy core, the Go scheduler) still do not crowd more than qps into any second as
+// they arrive upstream: the resolver sees the rate it was promised.
+func refreshLimit(qps int) rate.Limit {
+	return rate.Every(time.Second * 102 / time.Duration(100*qps))
+}
+
 // acquirePace returns the limiter of background resolution through where, for a block whose
 // refresh_rate is qps.
 func acquirePace(where string, qps int) *rate.Limiter {
@@ -237,11 +246,11 @@ func acquirePace(where string, qps int) *rate.Limiter {
 	defer paces.Unlock()
 	p := paces.m[where]
 	if p == nil {
-		p = &pace{l: rate.NewLimiter(rate.Every(refreshInterval(qps)), 1)}
+		p = &pace{l: rate.NewLimiter(refreshLimit(qps), 1)}
 		paces.m[where] = p
 	}
 	p.rates = append(p.rates, qps)
-	p.l.SetLimit(rate.Every(refreshInterval(slices.Min(p.rates))))
+	p.l.SetLimit(refreshLimit(slices.Min(p.rates)))
 	return p.l
 }
 
@@ -258,7 +267,7 @@ func releasePace(where string, qps int) {
 		delete(paces.m, where)
 		return
 	}
-	p.l.SetLimit(rate.Every(refreshInterval(slices.Min(p.rates))))
+	p.l.SetLimit(refreshLimit(slices.Min(p.rates)))
 }
 
 // backoff is the wait before a pinned slot's next refresh after its nth failure in a row:
