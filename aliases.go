@@ -92,12 +92,23 @@ func (t aliasTable) states(c *cache) (fresh, stale int) {
 	return fresh, stale
 }
 
-// targets returns every configured target, once each, sorted by name: the cache's pinned targets.
-func (t aliasTable) targets() []*pinnedTarget {
-	out := make([]*pinnedTarget, 0, len(t.one))
-	t.each(func(_ string, a alias) { out = append(out, a.pinned()...) })
-	slices.SortFunc(out, func(a, b *pinnedTarget) int { return strings.Compare(a.name(), b.name()) })
-	return slices.Compact(out)
+// repin points every alias at pin(name) for each of its targets instead of the target parse
+// made: the pool's, shared with the other blocks that name it.
+func (t aliasTable) repin(pin func(name string) *pinnedTarget) {
+	for name, p := range t.one {
+		t.one[name] = pin(p.name())
+	}
+	for _, more := range t.more {
+		for i, p := range more {
+			more[i] = pin(p.name())
+		}
+	}
+}
+
+// sortPins sorts targets by name, as the cache searches its pinned targets.
+func sortPins(targets []*pinnedTarget) []*pinnedTarget {
+	slices.SortFunc(targets, func(a, b *pinnedTarget) int { return strings.Compare(a.name(), b.name()) })
+	return targets
 }
 
 // pinned returns a's targets' slots, in order of preference. Not for the answer path: for a

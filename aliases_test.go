@@ -65,7 +65,7 @@ func TestAliasTableFindsEveryName(t *testing.T) {
 	check("before the cache is built")
 
 	f.build(func(context.Context, question) (*chain, error) { return nil, errors.New("not asked") })
-	c := f.cache
+	c := f.pool.cache
 	check("after")
 	for i, name := range names {
 		a, _ := tab.get(name)
@@ -159,10 +159,10 @@ func TestAliasesAnswerFromTheirTargetsSlot(t *testing.T) {
 		f.addAlias(name, "target.example.net.")
 	}
 	f.build(r.resolve)
-	f.cache.now = clk.now
+	f.pool.cache.now = clk.now
 	f.cfg.serveStale = 10 * time.Minute
 	f.Next = zoneBelow(false)
-	defer f.cache.stop()
+	defer f.pool.cache.stop()
 
 	ask := func(name string, qtype uint16) *dns.Msg {
 		t.Helper()
@@ -225,7 +225,7 @@ func TestAliasesAnswerFromTheirTargetsSlot(t *testing.T) {
 	for qi := range qtypes {
 		s := &a.one.slots[qi]
 		old := s.good.Load()
-		f.cache.refreshAsync(context.Background(), s, &question{key: s.key()})
+		f.pool.cache.refreshAsync(context.Background(), s, &question{key: s.key()})
 		waitFor(t, "the refresh", func() bool { return s.good.Load() != old })
 	}
 	check("refreshed", 100, "192.0.2.2", "2001:db8::2")
@@ -242,7 +242,7 @@ func TestAliasesAnswerFromTheirTargetsSlot(t *testing.T) {
 	clk.advance(failureTTL + time.Second)
 	for qi := range qtypes {
 		s := &a.one.slots[qi]
-		f.cache.refreshAsync(context.Background(), s, &question{key: s.key()})
+		f.pool.cache.refreshAsync(context.Background(), s, &question{key: s.key()})
 		waitFor(t, "the negative answer", func() bool { e := s.good.Load(); return e != nil && e.negative() })
 	}
 	check("negative", 0)

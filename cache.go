@@ -5,7 +5,6 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -30,8 +29,9 @@ type question struct {
 	sub netip.Prefix
 	// pace, for background refreshes (`refresh_rate`), is the limiter each upstream question
 	// after the first waits on; the refresher waited for the first outside the timeout.
-	pace   *rate.Limiter
-	labels metricLabels
+	pace *rate.Limiter
+	// tally counts the resolution: the block's on the listener of the query, if any.
+	tally *tally
 	// path is the targets being resolved by the lookups through this server that led to this
 	// one; nil for a client's query.
 	path *resolvePath
@@ -59,6 +59,8 @@ type cache struct {
 	// warming 100,000 aliases at startup does not flood the resolver. Queries a client waits
 	// for are not paced: they are bounded by coalescing and by the cache's capacity.
 	limiter *rate.Limiter
+	// tally counts the work no query asked for (the schedule's), under the block's labels.
+	tally *tally
 
 	// pins holds the configured targets' slots, sorted by name and searched (pinned): fixed
 	// once the cache is made, so read without a lock. A map by name would cost about 35 bytes
@@ -82,6 +84,7 @@ func newCache(cfg *config, resolve resolveFunc, pins []*pinnedTarget, bg *backgr
 		now:     time.Now,
 		bg:      bg,
 		limiter: rate.NewLimiter(refreshLimit(cfg.refreshRate), 1),
+		tally:   tallyOf(cfg.labels),
 		pins:    pins,
 	}
 }
@@ -147,7 +150,6 @@ func (c *cache) slotFor(k cacheKey) *slot {
 	}
 	c.slots[k] = s
 	c.scopes.count(k, 1)
-	c.countLocked()
 	return s
 }
 
@@ -185,18 +187,14 @@ func (c *cache) drop(s *slot) {
 	if k := s.key(); c.slots[k] == s {
 		delete(c.slots, k)
 		c.scopes.count(k, -1)
-		c.countLocked()
 	}
 }
 
-// countLocked sets the entries gauges: every slot, pinned and on demand, and those of client
-// networks. c.mu is held.
-func (c *cache) countLocked() {
-	l := c.cfg.labels
-	cacheEntries.WithLabelValues(l.server, l.zones, l.view).Set(float64(len(c.slots) + 2*len(c.pins)))
-	if c.cfg.ecs != nil {
-		ecsEntries.WithLabelValues(l.server, l.zones, l.view).Set(float64(c.scopes.slots))
-	}
+// entries returns the number of slots, pinned and on demand, and of those for client networks.
+func (c *cache) entries() (all, ecs int) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.slots) + 2*len(c.pins), c.scopes.slots
 }
 
 // get returns what to answer q with, and where it comes from. q is passed by pointer, as through
@@ -338,8 +336,12 @@ func (c *cache) claim(ctx context.Context, s *slot, q *question) (*flight, bool)
 
 // launch starts fl, the resolution of s, in the background. Once the cache is stopping, the
 // flight fails at once (and may stay on the slot, which this instance no longer resolves).
+// A question without a tally counts in the block's own.
 func (c *cache) launch(ctx context.Context, s *slot, fl *flight, q *question) {
-	cacheMisses.WithLabelValues(q.labels.server, q.labels.zones, q.labels.view).Inc()
+	if q.tally == nil {
+		q.tally = c.tally
+	}
+	q.tally.misses.Add(1)
 	qc := *q // the caller's question goes on to the next target (pick)
 	if !c.bg.spawn(func() { c.run(context.WithoutCancel(ctx), s, fl, qc) }) {
 		fl.err = errStopped
@@ -356,7 +358,7 @@ func (c *cache) refreshAsync(ctx context.Context, s *slot, q *question) {
 		return
 	}
 	if _, started := c.claim(ctx, s, q); started {
-		refreshCount.WithLabelValues(q.labels.server, q.labels.zones, q.labels.view).Inc()
+		q.tally.refreshes.Add(1)
 	}
 }
 
@@ -370,7 +372,7 @@ func (c *cache) run(ctx context.Context, s *slot, fl *flight, q question) {
 	q.sub = networkFor(s, q.sub)
 	start := time.Now()
 	ch, err := c.resolve(ctx, q)
-	lookupDuration.WithLabelValues(q.labels.server).Observe(time.Since(start).Seconds())
+	q.tally.lookup.Observe(time.Since(start).Seconds())
 
 	now := c.now()
 	prev, before := s.fail.Load(), s.good.Load()
@@ -435,8 +437,8 @@ func (c *cache) ttl(e *entry, src source, now time.Time) uint32 {
 	return c.cfg.clampTTL(uint32(max(time.Duration(e.ttl)-elapsed, 0)))
 }
 
-// adopt takes over the entries of old, the cache of the instance a reload replaces: same
-// listener, zones and upstreams (answers resolved elsewhere are not kept).
+// adopt takes over the entries of old, the cache of a pool that a reload replaces: same
+// listener, view and upstreams (answers resolved elsewhere are not kept).
 func (c *cache) adopt(old *cache) {
 	entries := map[cacheKey]*entry{}
 	keep := func(s *slot) {
@@ -457,10 +459,4 @@ func (c *cache) adopt(old *cache) {
 		// This cache's own slot (pinned for its aliases), or one on demand within its capacity.
 		c.slotFor(k).good.Store(e)
 	}
-}
-
-// identity names what a reloaded instance takes over from: the listener, the zones and the
-// upstreams.
-func identity(cfg *config) string {
-	return cfg.labels.server + " " + strings.Join(cfg.zones, ",") + " " + strings.Join(cfg.upstreams, ",")
 }

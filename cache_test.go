@@ -640,7 +640,7 @@ func TestPinnedTargetsFoundByName(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.build(func(ctx context.Context, q question) (*chain, error) { return nil, errors.New("not asked") })
-	c := f.cache
+	c := f.pool.cache
 	if n := c.len(); n != 8 {
 		t.Errorf("%d slots, want 8: four targets, A and AAAA", n)
 	}

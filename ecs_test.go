@@ -17,7 +17,6 @@ import (
 	"github.com/coredns/coredns/request"
 
 	"github.com/miekg/dns"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // ecsTarget is the CDN hostname the ECS tests flatten to.
@@ -353,7 +352,7 @@ func TestECSScopeZeroShared(t *testing.T) {
 		t.Errorf("networks asked upstream %v, want only the first client's", got)
 	}
 	// Kept once, at the family's /0: the first client's network slot held only the question.
-	if n := testutil.ToFloat64(ecsEntries.WithLabelValues(coreServerLabel, "example.org.", "")); n != 1 {
+	if n := metric(t, "ecs_entries", coreServerLabel, "example.org.", ""); n != 1 {
 		t.Errorf("coredns_flatten_ecs_entries %v, want 1", n)
 	}
 	// Scope 0 covers a family: an IPv6 client is asked for.
@@ -460,11 +459,11 @@ func TestECSScopes(t *testing.T) {
 		t.Errorf("asked for %v, want %v: one question per /20", got, want)
 	}
 	// Only the /20 entries are kept (the /24 that asked held only the question).
-	if n := testutil.ToFloat64(ecsEntries.WithLabelValues(coreServerLabel, "example.org.", "")); n != 2 {
+	if n := metric(t, "ecs_entries", coreServerLabel, "example.org.", ""); n != 2 {
 		t.Errorf("coredns_flatten_ecs_entries %v, want 2", n)
 	}
 	// Every entry counts in cache_entries: the alias's two pinned ones and the two /20s.
-	if n := testutil.ToFloat64(cacheEntries.WithLabelValues(coreServerLabel, "example.org.", "")); n != 4 {
+	if n := metric(t, "cache_entries", coreServerLabel, "example.org.", ""); n != 4 {
 		t.Errorf("coredns_flatten_cache_entries %v, want 4 (2 pinned, 2 for client networks)", n)
 	}
 
@@ -490,7 +489,7 @@ func TestECSCapacity(t *testing.T) {
 	for i := range 12 {
 		client := fmt.Sprintf("192.0.%d.1/32", 10+i)
 		checkAddrs(t, ecsQuery(t, addr, "example.org.", dns.TypeA, client), "example.org.", edgeOf(client, 24, dns.TypeA))
-		n := testutil.ToFloat64(ecsEntries.WithLabelValues(coreServerLabel, "example.org.", ""))
+		n := metric(t, "ecs_entries", coreServerLabel, "example.org.", "")
 		if want := float64(min(i+1, 4)); n != want {
 			t.Errorf("after %d networks: coredns_flatten_ecs_entries %v, want %v (cache 4)", i+1, n, want)
 		}
@@ -622,7 +621,7 @@ func TestECSRefreshFollowsDemand(t *testing.T) {
 		ask(fmt.Sprintf("198.51.%d.1/32", 100+i))
 	}
 	close(gate)
-	rig.f.cache.bg.wg.Wait() // the refreshes have ended
+	rig.f.pool.cache.bg.wg.Wait() // the refreshes have ended
 	for net, want := range map[string]int{"192.0.2.0/24": 2, "192.0.3.0/24": 1, "198.51.100.0/24": 2, "198.51.101.0/24": 0} {
 		if n := g.count(dns.TypeA, net); n != want {
 			t.Errorf("%s asked %d times, want %d", net, n, want)
@@ -947,7 +946,7 @@ func FuzzECS(f *testing.F) {
 	}), maxDepth: fl.cfg.maxDepth}
 	fl.build(w.resolve)
 	fl.Next = test.NextHandler(dns.RcodeRefused, nil)
-	f.Cleanup(func() { fl.cache.stop() })
+	f.Cleanup(func() { fl.pool.cache.stop() })
 
 	f.Fuzz(func(t *testing.T, data, src []byte, scope uint8) {
 		upstreamScope.Store(uint32(scope))
@@ -1001,9 +1000,9 @@ func FuzzECS(f *testing.F) {
 		if sent != nil && cerr == nil && m.Rcode == dns.RcodeSuccess && got == nil {
 			t.Fatalf("no ECS echoed to a client that sent one")
 		}
-		fl.cache.mu.RLock()
-		n, demand := fl.cache.scopes.slots, len(fl.cache.slots)
-		fl.cache.mu.RUnlock()
+		fl.pool.cache.mu.RLock()
+		n, demand := fl.pool.cache.scopes.slots, len(fl.pool.cache.slots)
+		fl.pool.cache.mu.RUnlock()
 		if n > fl.cfg.capacity || demand > fl.cfg.capacity {
 			t.Fatalf("%d client-network slots, %d on demand, capacity %d", n, demand, fl.cfg.capacity)
 		}
@@ -1028,7 +1027,7 @@ func benchECS(b *testing.B, sub string) {
 	f.Next = benchFile(b)
 	ctx, w, q := context.Background(), &packWriter{}, ecsMsg("example.org.", dns.TypeA, sub)
 	f.ServeDNS(ctx, w, q)
-	if n := f.cache.len(); n != 3 {
+	if n := f.pool.cache.len(); n != 3 {
 		b.Fatalf("%d cache slots, want the alias's two and the client network's", n)
 	}
 	b.ReportAllocs()

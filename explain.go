@@ -59,7 +59,7 @@ func (f *Flatten) explain(ctx context.Context, w dns.ResponseWriter, r *dns.Msg)
 			head += " via=" + via
 		}
 		lines = append(lines, head)
-		now := f.cache.now()
+		now := f.pool.cache.now()
 		for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
 			lines = append(lines, f.explainAnswer(ctx, w, r, name, qtype, targets, now))
 			for i, t := range targets {
@@ -134,7 +134,7 @@ func (f *Flatten) explainTargets(ctx context.Context, w dns.ResponseWriter, r *d
 
 // slotOf returns the slot of target for qtype if the cache has one, without making one.
 func (f *Flatten) slotOf(target string, qtype uint16) *slot {
-	return f.cache.existing(cacheKey{name: target, qtype: qtype})
+	return f.pool.cache.existing(cacheKey{name: target, qtype: qtype})
 }
 
 // explainAnswer says what a query for qtype gets now, ranked as flatten ranks it, but from the
@@ -160,20 +160,20 @@ func (f *Flatten) explainAnswer(ctx context.Context, w dns.ResponseWriter, r *dn
 		}
 		return fmt.Sprintf("type=%s answer=servfail error='%s'", typ, errText)
 	case c.e.negative():
-		return fmt.Sprintf("type=%s answer=nodata source=%s target=%s ttl=%d", typ, c.src, slots[c.i].name, f.cache.ttl(c.e, c.src, now))
+		return fmt.Sprintf("type=%s answer=nodata source=%s target=%s ttl=%d", typ, c.src, slots[c.i].name, f.pool.cache.ttl(c.e, c.src, now))
 	}
 	c := v.candidate
-	return fmt.Sprintf("type=%s answer=%s target=%s ttl=%d addrs=%s", typ, c.src, slots[c.i].name, f.cache.ttl(c.e, c.src, now), addrList(c.addrs))
+	return fmt.Sprintf("type=%s answer=%s target=%s ttl=%d addrs=%s", typ, c.src, slots[c.i].name, f.pool.cache.ttl(c.e, c.src, now), addrList(c.addrs))
 }
 
 // notYet says why nothing is known of a target yet.
 func (f *Flatten) notYet() string {
 	switch {
-	case f.self != nil && f.self.server.Load() == nil && f.self.probed.Load():
+	case f.pool.self != nil && f.pool.self.server.Load() == nil && f.pool.self.probed.Load():
 		return "not resolved yet: this block could not ask its own listener for the server to resolve through; the first query brings it"
-	case f.self != nil && f.self.server.Load() == nil:
+	case f.pool.self != nil && f.pool.self.server.Load() == nil:
 		return "not resolved yet: the startup round waits for the server to resolve through"
-	case !f.cache.ready():
+	case !f.pool.cache.ready():
 		return "not resolved yet: the startup round is running"
 	}
 	return "not resolved yet"
@@ -189,7 +189,7 @@ func (f *Flatten) explainTarget(i int, target string, qtype uint16, now time.Tim
 		b.WriteString(" state=unknown")
 		return b.String()
 	}
-	e, src, _ := f.cache.get(context.Background(), s, &question{key: s.key(), peek: true})
+	e, src, _ := f.pool.cache.get(context.Background(), s, &question{key: s.key(), peek: true})
 	switch {
 	case src == srcFresh:
 		b.WriteString(" state=fresh")
@@ -263,7 +263,7 @@ func txtStrings(s string) []string {
 // explainHealth describes, with health checks on, the health of every address the targets
 // resolve to: up, down or not probed yet, and the last failure.
 func (f *Flatten) explainHealth(targets []string) []string {
-	if f.health == nil {
+	if f.pool.health == nil {
 		return nil
 	}
 	var lines []string
@@ -284,8 +284,8 @@ func (f *Flatten) explainHealth(targets []string) []string {
 					continue
 				}
 				seen[ip] = true
-				h := f.health.status(ip)
-				l := fmt.Sprintf("health=%s state=%s failures=%d", netip.AddrPortFrom(ip, f.health.port), h.state, h.fails)
+				h := f.pool.health.status(ip)
+				l := fmt.Sprintf("health=%s state=%s failures=%d", netip.AddrPortFrom(ip, f.pool.health.port), h.state, h.fails)
 				if !h.lastProbe.IsZero() {
 					l += " checked=" + h.lastProbe.UTC().Format(time.RFC3339)
 				}

@@ -271,7 +271,7 @@ func mapsEqual(a, b map[string]string) bool {
 // startup round is running.
 func TestExplainSaysWhyNotYet(t *testing.T) {
 	f := newLadderFlatten(&switchableUpstream{}, newFakeClock(), false)
-	f.self = newSelfExchanger()
+	f.pool.self = newSelfExchanger()
 	for _, tc := range []struct {
 		probed bool
 		want   string
@@ -279,12 +279,12 @@ func TestExplainSaysWhyNotYet(t *testing.T) {
 		{false, "the startup round waits for the server to resolve through"},
 		{true, "could not ask its own listener for the server to resolve through; the first query brings it"},
 	} {
-		f.self.probed.Store(tc.probed)
+		f.pool.self.probed.Store(tc.probed)
 		if got := f.notYet(); !strings.Contains(got, tc.want) {
 			t.Errorf("probed %v: %q, want %q", tc.probed, got, tc.want)
 		}
 	}
-	f.self = nil
+	f.pool.self = nil
 	if got := f.notYet(); !strings.Contains(got, "the startup round is running") {
 		t.Errorf("before the round: %q", got)
 	}

@@ -13,7 +13,6 @@ import (
 
 	"github.com/coredns/caddy"
 	"github.com/miekg/dns"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // failoverRecords: a primary and a backup target, each with A and AAAA.
@@ -49,7 +48,7 @@ func TestFailoverPrimaryNXDOMAIN(t *testing.T) {
 	u := newFakeUpstream(t, failoverRecords[2:]...) // primary does not exist
 	u.setRecursive()
 	srv := startFailover(t, u)
-	before := testutil.ToFloat64(failoverAnswers.WithLabelValues("dns://127.0.0.1:0", "example.org.", ""))
+	before := metric(t, "failover_answers_total", "dns://127.0.0.1:0", "example.org.", "")
 	for _, qt := range []uint16{dns.TypeA, dns.TypeAAAA} {
 		m := query(t, srv, "udp", "example.org.", qt, 1232)
 		want := map[uint16]string{dns.TypeA: "192.0.2.2", dns.TypeAAAA: "2001:db8::2"}[qt]
@@ -58,7 +57,7 @@ func TestFailoverPrimaryNXDOMAIN(t *testing.T) {
 			t.Errorf("%s: EDE %v on the backup's fresh answer", dns.TypeToString[qt], e)
 		}
 	}
-	if d := testutil.ToFloat64(failoverAnswers.WithLabelValues("dns://127.0.0.1:0", "example.org.", "")) - before; d != 2 {
+	if d := metric(t, "failover_answers_total", "dns://127.0.0.1:0", "example.org.", "") - before; d != 2 {
 		t.Errorf("failover_answers_total moved by %v, want 2", d)
 	}
 }
@@ -278,6 +277,10 @@ func TestHealthCheckStateSurvivesReload(t *testing.T) {
 	sl := inst.Servers()[0]
 	srv := server{udp: sl.LocalAddr().String(), tcp: sl.Addr().String()}
 	answersWith(t, srv, "127.0.0.2")
+	down := func() float64 { return metric(t, "health_down_addresses", coreServerLabel, "example.org.", "") }
+	if g := down(); g != 1 {
+		t.Errorf("health_down_addresses = %v before the reload, want 1", g)
+	}
 
 	next, err := inst.Restart(caddy.CaddyfileInput{Filepath: "Corefile", ServerTypeName: "dns",
 		Contents: []byte(strings.Replace(cf, " 100ms", " 5s", 1))})
@@ -287,5 +290,9 @@ func TestHealthCheckStateSurvivesReload(t *testing.T) {
 	defer stopInstance(t, next)
 	for range 20 {
 		checkAddrs(t, query(t, srv, "udp", "example.org.", dns.TypeA, 0), "example.org.", "127.0.0.2")
+	}
+	// The gauge counts the running instance's addresses: neither both instances' nor none.
+	if g := down(); g != 1 {
+		t.Errorf("health_down_addresses = %v after the reload, want 1", g)
 	}
 }

@@ -63,14 +63,14 @@ func newFaultRig(t *testing.T, lines ...string) *faultRig {
 	}
 	f.prepare()
 	rig := &faultRig{f: f, clk: newFakeClock()}
-	f.cache.now = rig.clk.now
+	f.pool.cache.now = rig.clk.now
 	z, err := file.Parse(strings.NewReader(faultZone), "example.org.", "db.example.org", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.Next = file.File{Next: test.ErrorHandler(), Zones: file.Zones{Z: map[string]*file.Zone{"example.org.": z}, Names: []string{"example.org."}}}
-	if f.proxies != nil {
-		f.proxies.start()
+	if f.pool.proxies != nil {
+		f.pool.proxies.start()
 	}
 	t.Cleanup(func() { f.OnShutdown() })
 
@@ -114,7 +114,7 @@ func (rig *faultRig) slot(t *testing.T, name string, qtype uint16) *slot {
 // forgedInCache fails the test if any entry of the cache, for any key, holds a forged address.
 func (rig *faultRig) forgedInCache(t *testing.T) {
 	t.Helper()
-	c := rig.f.cache
+	c := rig.f.pool.cache
 	var slots []*slot
 	for _, p := range c.pins {
 		slots = append(slots, &p.slots[0], &p.slots[1])
@@ -766,7 +766,7 @@ func TestFaults(t *testing.T) {
 			// What the cache holds, once the resolution the query started has ended (a client
 			// that gave up at the timeout may have its SERVFAIL before the flight has stored the
 			// failure).
-			rig.f.cache.bg.wg.Wait()
+			rig.f.pool.cache.bg.wg.Wait()
 			s := rig.slot(t, "example.org.", qtype)
 			e := s.good.Load()
 			switch {

@@ -12,7 +12,6 @@ import (
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/metrics"
 	clog "github.com/coredns/coredns/plugin/pkg/log"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/miekg/dns"
 )
@@ -23,44 +22,30 @@ var log = clog.NewWithPlugin("flatten")
 type Flatten struct {
 	Next plugin.Handler
 
-	cfg      *config
-	aliases  aliasTable // the configured aliases, by name (aliases.go)
-	identity string     // what a reloaded instance takes over from (lifecycle.go)
-
-	bg          *background    // the goroutines of the cache and the health checker
-	cache       *cache         // answers, resolved through self or proxies
-	self        *selfExchanger // set when resolving through this server
-	proxies     *proxyExchanger
-	zoneAliases *zoneAliases   // with `zone_alias`: the names known to hold ALIAS records
-	health      *healthChecker // with `health_check`
+	cfg     *config
+	aliases aliasTable // the configured aliases, by name (aliases.go)
+	// pool is the resolution state the block shares with the blocks of the same settings: the
+	// cache its aliases' targets are in, the way upstream, the health checker (pool.go).
+	pool        *pool
+	zoneAliases *zoneAliases // with `zone_alias`: the names known to hold ALIAS records
 	// metadataOn is set once the *metadata* plugin has asked for our values (metadata.go).
 	metadataOn atomic.Bool
-	// last holds the counters of the listener that asked last (counters).
-	last atomic.Pointer[answerCounters]
+	// last holds the tally of the listener that asked last (tallyFor).
+	last atomic.Pointer[tally]
 }
 
-// answerCounters are the two counters every answer counts (requests, and hits for a fresh one)
-// for one listener. Found by their label values, they cost two hashes and map lookups per query
-// (about 80 ns with three labels, as much as the rest of a warm answer's own work in
-// BenchmarkFlattenHit); a block keeps the pair of the listener that asked last, and a block on one
-// listener always finds it there.
-type answerCounters struct {
-	server         string
-	requests, hits prometheus.Counter
-}
-
-// counters returns the answer counters of the listener server.
-func (f *Flatten) counters(server string) *answerCounters {
-	if c := f.last.Load(); c != nil && c.server == server {
-		return c
+// tallyFor returns the block's tally on the listener server. Found by its labels, it costs a
+// lock and a map lookup per query; a block keeps the tally of the listener that asked last, and a
+// block on one listener always finds it there.
+func (f *Flatten) tallyFor(server string) *tally {
+	if t := f.last.Load(); t != nil && t.labels.server == server {
+		return t
 	}
 	l := f.cfg.labels
-	c := &answerCounters{server: server,
-		requests: requests.WithLabelValues(server, l.zones, l.view),
-		hits:     cacheHits.WithLabelValues(server, l.zones, l.view),
-	}
-	f.last.Store(c)
-	return c
+	l.server = server
+	t := tallyOf(l)
+	f.last.Store(t)
+	return t
 }
 
 // zoneOf returns the zone that holds an alias's name, in any case (setup checked there is one).
@@ -71,92 +56,29 @@ func (f *Flatten) zoneOf(name string) string {
 	return plugin.Zones(f.cfg.zones).Matches(strings.ToLower(name))
 }
 
-// prepare builds the resolution path (upstream, walker, cache) from the configuration. It opens
-// no socket and starts no goroutine: that is OnStartup's job.
-func (f *Flatten) prepare() {
-	var ex exchanger
-	if len(f.cfg.upstreams) == 0 {
-		f.self = newSelfExchanger()
-		ex = f.self
-	} else {
-		f.proxies = newProxyExchanger(f.cfg.upstreams, f.cfg.timeout)
-		ex = f.proxies
-	}
-	w := &walker{ex: ex, maxDepth: f.cfg.maxDepth}
-	f.build(w.resolve)
-}
-
-// build makes the instance's state in front of resolve: the cache of the configured targets, and
-// what zone_alias and health_check need.
-func (f *Flatten) build(resolve resolveFunc) {
-	f.bg = newBackground()
-	f.identity = identity(f.cfg)
-	f.cache = newCache(f.cfg, resolve, f.aliases.targets(), f.bg)
-	if f.cfg.zoneAlias {
-		f.zoneAliases = newZoneAliases(f.cfg.capacity)
-	}
-	if h := f.cfg.health; h != nil {
-		f.health = newHealthChecker(h.port, h.interval, f.cache.pinnedAddrs, f.cfg.labels, f.bg)
-	}
-}
-
-// OnStartup takes over what the instance a reload replaces knows, and starts the upstream
-// transports and the background resolution of every alias. Resolving through this server, the
-// background work starts with the first query instead: only a query brings the server.
+// OnStartup starts the pool's background work when the block is the first of its pool to start
+// (pool.start).
 func (f *Flatten) OnStartup() error {
-	log.Debugf("%s: %d aliases, %d targets, resolved through %s", f.cfg.labels.zones, f.aliases.len(), len(f.cache.pins), f.via())
+	f.pool.start()
+	log.Debugf("%s: %d aliases, %d targets in its pool, resolved through %s", f.cfg.labels.zones, f.aliases.len(), len(f.pool.cache.pins), f.via())
 	starting.Lock()
 	starting.fs = append(starting.fs, f)
 	starting.Unlock()
-	f.cache.limiter = acquirePace(f.paceKey(), f.cfg.refreshRate)
-	if old := register(f); old != nil {
-		f.cache.adopt(old.cache)
-		if f.health != nil && old.health != nil {
-			f.health.adopt(old.health)
-		}
-	}
-	if f.proxies != nil {
-		f.proxies.start()
-	}
-	if f.self == nil {
-		f.cache.start()
-	}
-	if f.health != nil {
-		f.health.start()
-	}
 	return nil
-}
-
-// paceKey is where the block's background resolution asks first, whose limiter paces it: its
-// first upstream address, or this server.
-func (f *Flatten) paceKey() string {
-	if len(f.cfg.upstreams) == 0 {
-		return "this server"
-	}
-	return f.cfg.upstreams[0]
 }
 
 // via says where the block resolves its targets.
 func (f *Flatten) via() string {
-	if f.self != nil {
+	if f.pool.self != nil {
 		return "this server"
 	}
 	return strings.Join(f.cfg.upstreams, ", ")
 }
 
-// OnShutdown stops all background work of this instance; it runs on shutdown and when the
-// *reload* plugin replaces the instance.
+// OnShutdown stops the pool's background work when the block is the last of its pool to shut
+// down; it runs on shutdown and when the *reload* plugin replaces the instance.
 func (f *Flatten) OnShutdown() error {
-	unregister(f)
-	if f.health != nil {
-		f.health.stop()
-	}
-	f.bg.stop()
-	f.cache.close()
-	releasePace(f.paceKey(), f.cfg.refreshRate)
-	if f.proxies != nil {
-		f.proxies.stop()
-	}
+	f.pool.stop()
 	return nil
 }
 
@@ -165,10 +87,10 @@ func (f *Flatten) OnShutdown() error {
 // has asked its own listener (findServer); if it could not, only a client's query brings the
 // server, and Ready reports true rather than hold back the traffic that would warm the cache.
 func (f *Flatten) Ready() bool {
-	if f.self != nil && f.self.server.Load() == nil {
-		return f.self.probed.Load()
+	if f.pool.self != nil && f.pool.self.server.Load() == nil {
+		return f.pool.self.probed.Load()
 	}
-	return f.cache.ready()
+	return f.pool.cache.ready()
 }
 
 // Name implements the plugin.Handler interface.
@@ -176,9 +98,9 @@ func (f *Flatten) Name() string { return "flatten" }
 
 // ServeDNS implements the plugin.Handler interface.
 func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
-	if f.self != nil && f.self.server.Load() == nil && f.self.observe(ctx) {
+	if f.pool.self != nil && f.pool.self.server.Load() == nil && f.pool.self.observe(ctx) {
 		// The server to resolve through is known at last: warm the aliases now.
-		f.cache.start()
+		f.pool.cache.start()
 	}
 
 	if !isAddressQuery(r) {
@@ -209,7 +131,7 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	// An ALIAS record in the zone: flattened like a configured alias, its TTL one more bound.
 	if f.zoneAliases != nil {
 		if za := f.zoneAliasFor(ctx, w, r, name); za.target != "" {
-			s := f.cache.slotFor(cacheKey{name: za.target, qtype: qtype})
+			s := f.pool.cache.slotFor(cacheKey{name: za.target, qtype: qtype})
 			return f.flatten(ctx, w, r, zone, za.ttl, []*slot{s})
 		}
 	}
@@ -256,11 +178,9 @@ func isAddressQuery(r *dns.Msg) bool {
 // ttlCap bounds the answer's TTL: an ALIAS record's TTL, or the TTLs of the part of a CNAME chain
 // that is in the zone.
 func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, zone string, ttlCap uint32, slots []*slot) (int, error) {
-	labels := f.cfg.labels
-	labels.server = metrics.WithServer(ctx)
-	counters := f.counters(labels.server)
-	counters.requests.Inc()
-	q := question{labels: labels, path: pathFrom(ctx)}
+	t := f.tallyFor(metrics.WithServer(ctx))
+	t.requests.Add(1)
+	q := question{tally: t, path: pathFrom(ctx)}
 	if f.cfg.ecs != nil {
 		// A malformed ECS option is rejected before anything is looked up (ecs.go).
 		if _, err := clientECS(r); err != nil {
@@ -273,19 +193,19 @@ func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg,
 	if c := v.candidate; c.e != nil {
 		switch c.src {
 		case srcFresh:
-			counters.hits.Inc()
+			t.hits.Add(1)
 		case srcStale:
-			staleAnswers.WithLabelValues(labels.server, labels.zones, labels.view).Inc()
+			t.stale.Add(1)
 		}
 		if c.i > 0 {
-			failoverAnswers.WithLabelValues(labels.server, labels.zones, labels.view).Inc()
+			t.failover.Add(1)
 		}
 		f.noteAnswer(ctx, slots[c.i].name, c.src.String(), c.e)
 		return f.answer(ctx, w, r, zone, c.entry(), c.src, ttlCap)
 	}
 
 	if len(v.fallback) > 0 {
-		fallbackAnswers.WithLabelValues(labels.server, labels.zones, labels.view).Inc()
+		t.fallback.Add(1)
 		f.noteAnswer(ctx, "", "fallback", nil)
 		m := authoritative(r)
 		m.Answer = v.fallback
@@ -356,8 +276,8 @@ func (f *Flatten) offer(ctx context.Context, q *question, pk *picker, i int, s *
 	if q.sub.IsValid() {
 		q.key.scope = subnetOf(q.sub)
 	}
-	e, src, err := f.cache.get(ctx, s, q)
-	return pk.add(i, e, src, err, f.health)
+	e, src, err := f.pool.cache.get(ctx, s, q)
+	return pk.add(i, e, src, err, f.pool.health)
 }
 
 // answer writes a flattened answer from e: the address RRset under the question name exactly
@@ -365,7 +285,7 @@ func (f *Flatten) offer(ctx context.Context, q *question, pk *picker, i int, s *
 // NODATA with the zone's SOA (RFC 2308 2.2), never NXDOMAIN: the name exists and owns the
 // zone's other records.
 func (f *Flatten) answer(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, zone string, e *entry, src source, ttlCap uint32) (int, error) {
-	ttl := f.cache.ttl(e, src, f.cache.now())
+	ttl := f.pool.cache.ttl(e, src, f.pool.cache.now())
 	if src != srcStale {
 		ttl = min(ttl, max(ttlCap, f.cfg.ttlMin))
 	}

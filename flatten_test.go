@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // agencyRecords is the agency pattern: client1 -> client2 -> server1, TTLs 300, 600 and 120/60.
@@ -508,16 +507,16 @@ func TestUpstreamMetrics(t *testing.T) {
 	query(t, addr, "udp", "bad.example.org.", dns.TypeA, 0)
 	waitFor(t, "startup round", func() bool { return u.count("refused.agency.test.", dns.TypeAAAA) >= 1 })
 
-	if n := testutil.ToFloat64(upstreamQueries.WithLabelValues(label, "example.org.", "")); n < 6 {
+	if n := metric(t, "upstream_queries_total", label, "example.org.", ""); n < 6 {
 		t.Errorf("upstream_queries_total %v, want at least 6 (3 hops for A and AAAA)", n)
 	}
-	if n := testutil.ToFloat64(upstreamErrors.WithLabelValues(label, "example.org.", "", reasonRcode)); n < 2 {
+	if n := metric(t, "upstream_errors_total", label, "example.org.", "", reasonRcode); n < 2 {
 		t.Errorf("upstream_errors_total{reason=rcode} %v, want at least 2 (A and AAAA refused)", n)
 	}
-	if n := testutil.ToFloat64(refreshCount.WithLabelValues(label, "example.org.", "")); n < 4 {
+	if n := metric(t, "refreshes_total", label, "example.org.", ""); n < 4 {
 		t.Errorf("refreshes_total %v, want at least 4 (the startup round)", n)
 	}
-	if n := testutil.ToFloat64(cacheEntries.WithLabelValues(label, "example.org.", "")); n != 4 {
+	if n := metric(t, "cache_entries", label, "example.org.", ""); n != 4 {
 		t.Errorf("cache_entries %v, want 4 (2 aliases x A, AAAA)", n)
 	}
 }

@@ -331,10 +331,10 @@ func newFuzzFlatten(tb testing.TB) *Flatten {
 	}
 	f.prepare()
 	w := &walker{ex: fuzzUpstream(), maxDepth: f.cfg.maxDepth}
-	f.self = nil
+	f.pool.self = nil
 	f.build(w.resolve)
 	f.Next = fuzzZone(tb)
-	tb.Cleanup(func() { f.cache.stop() })
+	tb.Cleanup(func() { f.pool.cache.stop() })
 	return f
 }
 

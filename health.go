@@ -78,21 +78,20 @@ type healthChecker struct {
 	interval time.Duration
 	timeout  time.Duration
 	addrs    func() []netip.Addr // the addresses to probe, asked once per round
-	labels   metricLabels
+	tally    *tally
 	dial     func(ctx context.Context, network, address string) (net.Conn, error)
 	now      func() time.Time
 	bg       *background // the instance's: stop ends the loop and every dial in flight
 
 	snap atomic.Pointer[healthSnapshot]
 	// roundMu serializes rounds: each builds the next snapshot from the one before.
-	roundMu  sync.Mutex
-	started  atomic.Bool
-	released atomic.Bool
+	roundMu sync.Mutex
+	started atomic.Bool
 }
 
 // newHealthChecker returns a checker that, once started, connects to every address addrs returns
-// on TCP port every interval, in bg, counting them under labels.
-func newHealthChecker(port int, interval time.Duration, addrs func() []netip.Addr, labels metricLabels, bg *background) *healthChecker {
+// on TCP port every interval, in bg, counting them in t.
+func newHealthChecker(port int, interval time.Duration, addrs func() []netip.Addr, t *tally, bg *background) *healthChecker {
 	if interval <= 0 {
 		interval = defaultHealthInterval
 	}
@@ -101,7 +100,7 @@ func newHealthChecker(port int, interval time.Duration, addrs func() []netip.Add
 		interval: interval,
 		timeout:  probeTimeout(interval),
 		addrs:    addrs,
-		labels:   labels,
+		tally:    t,
 		dial:     (&net.Dialer{}).DialContext,
 		now:      time.Now,
 		bg:       bg,
@@ -120,10 +119,6 @@ func (h *healthChecker) start() {
 // in flight and waits until they have ended. It may be called more than once, and without start.
 func (h *healthChecker) stop() {
 	h.bg.stop()
-	// Take this checker's addresses out of the gauge: a reloaded instance counts its own.
-	if s := h.snap.Load(); s != nil && s.down > 0 && !h.released.Swap(true) {
-		healthDownAddrs.WithLabelValues(h.labels.server, h.labels.zones, h.labels.view).Sub(float64(s.down))
-	}
 }
 
 // loop runs a round at start, so that states are known soon, then one every interval.
@@ -199,7 +194,7 @@ func (h *healthChecker) probeRound(ctx context.Context) {
 		}
 		st.lastProbe = ends[i]
 		if err := errs[i]; err != nil {
-			healthProbes.WithLabelValues(h.labels.server, h.labels.zones, h.labels.view, "down").Inc()
+			h.tally.probed(false)
 			st.fails++
 			st.lastErr = err.Error()
 			st.lastFail = ends[i]
@@ -208,7 +203,7 @@ func (h *healthChecker) probeRound(ctx context.Context) {
 				log.Infof("%s is down: %d failed probes in a row, last: %s", a, st.fails, st.lastErr)
 			}
 		} else {
-			healthProbes.WithLabelValues(h.labels.server, h.labels.zones, h.labels.view, "up").Inc()
+			h.tally.probed(true)
 			if st.state == healthDown {
 				log.Infof("%s is up again", a)
 			}
@@ -221,16 +216,14 @@ func (h *healthChecker) probeRound(ctx context.Context) {
 		snap.addrs[a] = st
 	}
 	h.snap.Store(snap)
-	if d := snap.down - downCount(prev); d != 0 {
-		healthDownAddrs.WithLabelValues(h.labels.server, h.labels.zones, h.labels.view).Add(float64(d))
-	}
 }
 
-func downCount(s *healthSnapshot) int {
-	if s == nil {
-		return 0
+// downAddrs returns the number of addresses marked down.
+func (h *healthChecker) downAddrs() int {
+	if s := h.snap.Load(); s != nil {
+		return s.down
 	}
-	return s.down
+	return 0
 }
 
 // probe connects to a:port and closes the connection at once: a completed handshake is what
@@ -292,14 +285,14 @@ func (s *healthSnapshot) isDown(rr dns.RR) bool {
 	return ok && s.addrs[a].state == healthDown
 }
 
-// adopt takes the states of old, the checker of the instance a reload replaces, if it probes the
+// adopt takes the states of old, the checker of a pool that a reload replaces, if it probes the
 // same port: an address that is down stays out of answers across a reload instead of being served
 // again until it has failed two more probes. Call it before start.
 func (h *healthChecker) adopt(old *healthChecker) {
 	if old.port != h.port {
 		return
 	}
-	if s := old.snap.Load(); s != nil && h.snap.CompareAndSwap(nil, s) && s.down > 0 {
-		healthDownAddrs.WithLabelValues(h.labels.server, h.labels.zones, h.labels.view).Add(float64(s.down))
+	if s := old.snap.Load(); s != nil {
+		h.snap.CompareAndSwap(nil, s)
 	}
 }

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // Linux routes all of 127.0.0.0/8 to loopback, so every address below is a distinct local
@@ -163,7 +162,7 @@ func probingGoroutines() int {
 func TestHealthOpenPortIsUp(t *testing.T) {
 	open := lo4(2)
 	port, _ := sharedPort(t, []netip.Addr{open}, listenTCP)
-	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return []netip.Addr{open} }, metricLabels{server: "test-open"}, newBackground())
+	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return []netip.Addr{open} }, tallyOf(metricLabels{server: "test-open"}), newBackground())
 	defer h.stop()
 	h.round(context.Background())
 
@@ -181,11 +180,11 @@ func TestHealthDownAfterTwoFailures(t *testing.T) {
 	port, ls := sharedPort(t, []netip.Addr{a}, listenTCP)
 	ap := netip.AddrPortFrom(a, uint16(port))
 	const server = "test-damping"
-	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return []netip.Addr{a} }, metricLabels{server: server}, newBackground())
+	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return []netip.Addr{a} }, tallyOf(metricLabels{server: server}), newBackground())
 	defer h.stop()
 	ctx := context.Background()
-	upBefore := testutil.ToFloat64(healthProbes.WithLabelValues(server, "", "", "up"))
-	downBefore := testutil.ToFloat64(healthProbes.WithLabelValues(server, "", "", "down"))
+	upBefore := metric(t, "health_probes_total", server, "", "", "up")
+	downBefore := metric(t, "health_probes_total", server, "", "", "down")
 
 	open := func() {
 		t.Helper()
@@ -229,10 +228,10 @@ func TestHealthDownAfterTwoFailures(t *testing.T) {
 		t.Errorf("after recovery: %+v, want the last failure kept", st)
 	}
 
-	if got := testutil.ToFloat64(healthProbes.WithLabelValues(server, "", "", "up")) - upBefore; got != 3 {
+	if got := metric(t, "health_probes_total", server, "", "", "up") - upBefore; got != 3 {
 		t.Errorf("probes up = %v, want 3", got)
 	}
-	if got := testutil.ToFloat64(healthProbes.WithLabelValues(server, "", "", "down")) - downBefore; got != 4 {
+	if got := metric(t, "health_probes_total", server, "", "", "down") - downBefore; got != 4 {
 		t.Errorf("probes down = %v, want 4", got)
 	}
 }
@@ -241,7 +240,7 @@ func TestHealthNeverProbedIsHealthy(t *testing.T) {
 	a, b := lo4(2), lo4(3)
 	port, ls := sharedPort(t, []netip.Addr{a}, listenTCP)
 	ls[0].Close()
-	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return []netip.Addr{a} }, metricLabels{server: "test-never"}, newBackground())
+	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return []netip.Addr{a} }, tallyOf(metricLabels{server: "test-never"}), newBackground())
 	defer h.stop()
 
 	if !h.healthy(a) || h.status(a) != (addrHealth{}) || h.status(a).state.String() != "unknown" {
@@ -280,7 +279,7 @@ func TestHealthFilter(t *testing.T) {
 	if haveV6 {
 		ls[2].Close()
 	}
-	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return addrs }, metricLabels{server: "test-filter"}, newBackground())
+	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return addrs }, tallyOf(metricLabels{server: "test-filter"}), newBackground())
 	defer h.stop()
 
 	a := func(ip net.IP) dns.RR {
@@ -347,7 +346,7 @@ func TestHealthForgetsUnlistedAddresses(t *testing.T) {
 	list := &healthAddrs{}
 	list.set(kept, gone)
 	const server = "test-forget"
-	h := newHealthChecker(port, time.Hour, list.get, metricLabels{server: server}, newBackground())
+	h := newHealthChecker(port, time.Hour, list.get, tallyOf(metricLabels{server: server}), newBackground())
 	defer h.stop()
 	ctx := context.Background()
 
@@ -356,8 +355,8 @@ func TestHealthForgetsUnlistedAddresses(t *testing.T) {
 	if h.healthy(gone) {
 		t.Fatal("setup: closed port healthy")
 	}
-	if got := testutil.ToFloat64(healthDownAddrs.WithLabelValues(server, "", "")); got != 1 {
-		t.Errorf("down gauge = %v, want 1", got)
+	if got := h.downAddrs(); got != 1 {
+		t.Errorf("%d addresses down, want 1", got)
 	}
 
 	list.set(kept)
@@ -368,8 +367,8 @@ func TestHealthForgetsUnlistedAddresses(t *testing.T) {
 	if n := len(h.snap.Load().addrs); n != 1 {
 		t.Errorf("%d addresses remembered, want 1", n)
 	}
-	if got := testutil.ToFloat64(healthDownAddrs.WithLabelValues(server, "", "")); got != 0 {
-		t.Errorf("down gauge = %v, want 0", got)
+	if got := h.downAddrs(); got != 0 {
+		t.Errorf("%d addresses down, want 0", got)
 	}
 
 	// Listed again, it starts over: one failure does not mark it down.
@@ -391,7 +390,7 @@ func TestHealthForgetsUnlistedAddresses(t *testing.T) {
 func TestHealthBlackHoleTimesOut(t *testing.T) {
 	a := lo4(2)
 	port, _ := sharedPort(t, []netip.Addr{a}, listenBlackHole)
-	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return []netip.Addr{a} }, metricLabels{server: "test-blackhole"}, newBackground())
+	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return []netip.Addr{a} }, tallyOf(metricLabels{server: "test-blackhole"}), newBackground())
 	defer h.stop()
 	h.timeout = 50 * time.Millisecond
 	h.round(context.Background())
@@ -426,7 +425,7 @@ func TestHealthConcurrencyBound(t *testing.T) {
 		addrs[i] = netip.AddrFrom4([4]byte{127, 0, 1, byte(i + 1)})
 	}
 	port, _ := sharedPort(t, addrs, listenBlackHole)
-	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return addrs }, metricLabels{server: "test-bound"}, newBackground())
+	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return addrs }, tallyOf(metricLabels{server: "test-bound"}), newBackground())
 	h.timeout = time.Hour // the probes hang until stop cancels them
 	d := &countingDial{}
 	h.dial = d.dial
@@ -468,7 +467,7 @@ func TestHealthStopCancelsHangingProbes(t *testing.T) {
 	before := probingGoroutines()
 	addrs := []netip.Addr{lo4(2), lo4(3), lo4(4)}
 	port, _ := sharedPort(t, addrs, listenBlackHole)
-	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return addrs }, metricLabels{server: "test-stop"}, newBackground())
+	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return addrs }, tallyOf(metricLabels{server: "test-stop"}), newBackground())
 	h.timeout = time.Hour // only cancellation ends these probes
 	d := &countingDial{}
 	h.dial = d.dial
@@ -509,7 +508,7 @@ func TestHealthStartStopIdempotent(t *testing.T) {
 	d := &countingDial{}
 
 	var asked atomic.Int64
-	never := newHealthChecker(port, time.Hour, func() []netip.Addr { asked.Add(1); return []netip.Addr{a} }, metricLabels{server: "test-idem"}, newBackground())
+	never := newHealthChecker(port, time.Hour, func() []netip.Addr { asked.Add(1); return []netip.Addr{a} }, tallyOf(metricLabels{server: "test-idem"}), newBackground())
 	never.stop() // never started: returns at once
 	never.stop()
 	never.start() // after stop: does nothing
@@ -520,7 +519,7 @@ func TestHealthStartStopIdempotent(t *testing.T) {
 			n, before, asked.Load(), d.started.Load())
 	}
 
-	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return []netip.Addr{a} }, metricLabels{server: "test-idem"}, newBackground())
+	h := newHealthChecker(port, time.Hour, func() []netip.Addr { return []netip.Addr{a} }, tallyOf(metricLabels{server: "test-idem"}), newBackground())
 	h.dial = d.dial
 	h.start()
 	h.start()
@@ -536,31 +535,6 @@ func TestHealthStartStopIdempotent(t *testing.T) {
 	h.stop()
 	if n := probingGoroutines(); n != before {
 		t.Errorf("%d probing goroutines after stop, want %d", n, before)
-	}
-}
-
-func TestHealthGaugeAcrossReload(t *testing.T) {
-	a := lo4(2)
-	port, ls := sharedPort(t, []netip.Addr{a}, listenTCP)
-	ls[0].Close()
-	const server = "test-reload"
-	gauge := func() float64 { return testutil.ToFloat64(healthDownAddrs.WithLabelValues(server, "", "")) }
-	list := func() []netip.Addr { return []netip.Addr{a} }
-
-	// A reload starts the new instance before it stops the old one: both count for a while.
-	old := newHealthChecker(port, time.Hour, list, metricLabels{server: server}, newBackground())
-	old.round(context.Background())
-	old.round(context.Background())
-	cur := newHealthChecker(port, time.Hour, list, metricLabels{server: server}, newBackground())
-	defer cur.stop()
-	cur.round(context.Background())
-	cur.round(context.Background())
-	if g := gauge(); g != 2 {
-		t.Errorf("gauge with both instances = %v, want 2", g)
-	}
-	old.stop()
-	if g := gauge(); g != 1 {
-		t.Errorf("gauge after the old instance stopped = %v, want 1", g)
 	}
 }
 
@@ -580,7 +554,7 @@ func TestHealthBackgroundRounds(t *testing.T) {
 	before := probingGoroutines()
 	a := lo4(2)
 	port, ls := sharedPort(t, []netip.Addr{a}, listenTCP)
-	h := newHealthChecker(port, 10*time.Millisecond, func() []netip.Addr { return []netip.Addr{a} }, metricLabels{server: "test-background"}, newBackground())
+	h := newHealthChecker(port, 10*time.Millisecond, func() []netip.Addr { return []netip.Addr{a} }, tallyOf(metricLabels{server: "test-background"}), newBackground())
 	h.start()
 	defer func() {
 		h.stop()
@@ -600,7 +574,7 @@ func TestHealthBackgroundRounds(t *testing.T) {
 // BenchmarkHealthFilter measures the answer path: a healthy answer while another address is down.
 func BenchmarkHealthFilter(b *testing.B) {
 	up, down := lo4(2), lo4(3)
-	h := newHealthChecker(53, time.Hour, nil, metricLabels{server: "bench"}, newBackground())
+	h := newHealthChecker(53, time.Hour, nil, tallyOf(metricLabels{server: "bench"}), newBackground())
 	h.snap.Store(&healthSnapshot{addrs: map[netip.Addr]addrHealth{up: {state: healthUp}, down: {state: healthDown}}, down: 1})
 	rrs := []dns.RR{
 		&dns.A{Hdr: dns.RR_Header{Name: "example.org.", Rrtype: dns.TypeA, Class: dns.ClassINET}, A: net.IP(up.AsSlice()).To16()},

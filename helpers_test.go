@@ -2,7 +2,6 @@ package flatten
 
 import (
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -15,6 +14,7 @@ import (
 	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/core/dnsserver"
 	clog "github.com/coredns/coredns/plugin/pkg/log"
+	"github.com/prometheus/client_golang/prometheus"
 
 	// The plugins the test Corefiles use.
 	_ "github.com/coredns/coredns/plugin/bind"
@@ -397,29 +397,23 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // newTestFlatten returns a Flatten with the default settings and no zone or alias.
 func newTestFlatten() *Flatten { return &Flatten{cfg: newConfig(), aliases: newAliasTable()} }
 
-// addAlias configures an alias at name to targets (lowercased FQDNs), as parse does.
+// addAlias configures an alias at name to targets (lowercased FQDNs), as parse does; build or
+// prepare makes the aliases that name one target share it, as joining a pool does.
 func (f *Flatten) addAlias(name string, targets ...string) {
-	pins := map[string]*pinnedTarget{}
-	for _, p := range f.aliases.targets() {
-		pins[p.name()] = p
-	}
 	var a []*pinnedTarget
 	for _, target := range targets {
-		if pins[target] == nil {
-			pins[target] = newPinnedTarget(target)
-		}
-		a = append(a, pins[target])
+		a = append(a, newPinnedTarget(target))
 	}
 	f.aliases.add(name, a)
 }
 
 // pinnedTargets returns the pinned slots of names, sorted by name as the cache keeps them.
 func pinnedTargets(names ...string) []*pinnedTarget {
-	t := newAliasTable()
-	for i, name := range names {
-		t.add(fmt.Sprintf("a%d.", i), []*pinnedTarget{newPinnedTarget(name)})
+	var out []*pinnedTarget
+	for _, name := range names {
+		out = append(out, newPinnedTarget(name))
 	}
-	return t.targets()
+	return sortPins(out)
 }
 
 // pinned returns the pinned slot of a configured target for k.
@@ -476,4 +470,63 @@ func (a *arrivals) busiestSecond() int {
 		most = max(most, n)
 	}
 	return most
+}
+
+// metric returns the value of the flatten metric name (without "coredns_flatten_") whose labels
+// are values, in the order server, zones, view and then reason or result; 0 when it has no such
+// sample (a counter that was never counted). It gathers what a scrape would.
+func metric(t *testing.T, name string, values ...string) float64 {
+	t.Helper()
+	families, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	keys := []string{"server", "zones", "view", "reason", "result"}
+	for _, mf := range families {
+		if mf.GetName() != "coredns_flatten_"+name {
+			continue
+		}
+	samples:
+		for _, m := range mf.GetMetric() {
+			got := map[string]string{}
+			for _, p := range m.GetLabel() {
+				got[p.GetName()] = p.GetValue()
+			}
+			i := 0
+			for _, k := range keys {
+				if v, ok := got[k]; ok {
+					if i >= len(values) || values[i] != v {
+						continue samples
+					}
+					i++
+				}
+			}
+			if i != len(values) {
+				continue
+			}
+			if c := m.GetCounter(); c != nil {
+				return c.GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	return 0
+}
+
+// prepare gives f a pool of its own and builds it, as setup and OnStartup do, without starting
+// anything: it opens no socket and starts no goroutine.
+func (f *Flatten) prepare() {
+	p := newPool(poolKey(f.cfg), f.cfg)
+	p.join(f)
+	p.build()
+}
+
+// build gives f a pool of its own in front of resolve, built as prepare does.
+func (f *Flatten) build(resolve resolveFunc) {
+	p := &pool{key: poolKey(f.cfg), origin: poolOrigin(f.cfg), resolve: resolve, pins: map[string]*pinnedTarget{}}
+	p.join(f)
+	p.build()
+	if f.cfg.zoneAlias && f.zoneAliases == nil {
+		f.zoneAliases = newZoneAliases(f.cfg.capacity)
+	}
 }

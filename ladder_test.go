@@ -88,7 +88,7 @@ func newLadderFlatten(up exchanger, clk *fakeClock, fallback bool) *Flatten {
 	f.addAlias("example.org.", []string{"client1.example.net."}...)
 	w := &walker{ex: up, maxDepth: defaultMaxDepth}
 	f.build(w.resolve)
-	f.cache.now = clk.now
+	f.pool.cache.now = clk.now
 	f.Next = zoneBelow(fallback)
 	return f
 }
@@ -195,11 +195,11 @@ func TestMetrics(t *testing.T) {
 	f.cfg.serveStale = time.Minute
 	get := func() map[string]float64 {
 		return map[string]float64{
-			"requests": testutil.ToFloat64(requests.WithLabelValues("", "", "")),
-			"hits":     testutil.ToFloat64(cacheHits.WithLabelValues("", "", "")),
-			"misses":   testutil.ToFloat64(cacheMisses.WithLabelValues("", "", "")),
-			"stale":    testutil.ToFloat64(staleAnswers.WithLabelValues("", "", "")),
-			"fallback": testutil.ToFloat64(fallbackAnswers.WithLabelValues("", "", "")),
+			"requests": metric(t, "requests_total", "", "", ""),
+			"hits":     metric(t, "cache_hits_total", "", "", ""),
+			"misses":   metric(t, "cache_misses_total", "", "", ""),
+			"stale":    metric(t, "stale_answers_total", "", "", ""),
+			"fallback": metric(t, "fallback_answers_total", "", "", ""),
 		}
 	}
 	before := get()

@@ -50,41 +50,46 @@ func (b *background) stop() {
 // done reports whether stop has begun.
 func (b *background) done() bool { return b.ctx.Err() != nil }
 
-// live holds the running instances by identity (the listener, zones and upstreams of a server
-// block). A Corefile reload starts the new instance before it shuts the old one down; the new one
-// takes over what the old one knows, so that an upstream outage that spans a reload is still
-// answered stale, a reload costs no resolution of what is fresh, and an address that health
-// checks found down stays out of answers.
+// live holds the running pools by origin (poolOrigin: their listener, view and upstreams). A
+// Corefile reload starts the new instance before it shuts the old one down; a new pool takes over
+// what the old instance's pools of the same origin know, so that an upstream outage that spans a
+// reload is still answered stale, a reload costs no resolution of what is fresh, and an address
+// that health checks found down stays out of answers.
 var live = struct {
 	sync.Mutex
-	m map[string]*Flatten
-}{m: map[string]*Flatten{}}
+	m map[string][]*pool
+}{m: map[string][]*pool{}}
 
-// register records f as the running instance of its identity and returns the one it replaces,
-// if any.
-func register(f *Flatten) *Flatten {
+// register records p as running and returns the pools of its origin that another Corefile
+// (the one a reload replaces) started.
+func register(p *pool) []*pool {
 	live.Lock()
 	defer live.Unlock()
-	old := live.m[f.identity]
-	live.m[f.identity] = f
-	if old == f {
-		return nil
+	var old []*pool
+	for _, q := range live.m[p.origin] {
+		if q.corefile != p.corefile {
+			old = append(old, q)
+		}
 	}
+	live.m[p.origin] = append(live.m[p.origin], p)
 	return old
 }
 
-// running returns the running instances.
-func running() []*Flatten {
+// running returns the running pools.
+func running() []*pool {
 	live.Lock()
 	defer live.Unlock()
-	return slices.Collect(maps.Values(live.m))
+	return slices.Concat(slices.Collect(maps.Values(live.m))...)
 }
 
-// unregister removes f, unless another instance has replaced it already.
-func unregister(f *Flatten) {
+// unregister removes p.
+func unregister(p *pool) {
 	live.Lock()
 	defer live.Unlock()
-	if live.m[f.identity] == f {
-		delete(live.m, f.identity)
+	ps := slices.DeleteFunc(live.m[p.origin], func(q *pool) bool { return q == p })
+	if len(ps) == 0 {
+		delete(live.m, p.origin)
+	} else {
+		live.m[p.origin] = ps
 	}
 }

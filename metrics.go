@@ -1,6 +1,10 @@
 package flatten
 
 import (
+	"slices"
+	"sync"
+	"sync/atomic"
+
 	"github.com/coredns/coredns/plugin"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -9,157 +13,192 @@ import (
 
 // Every counter and gauge has the labels `server` (the listener, as in every CoreDNS metric),
 // `zones` and `view` (the server block's, as CoreDNS's *cache* labels its metrics), so that the
-// blocks on one listener never overwrite each other; and no client or query name label, so their number is
-// bounded by the configuration.
-var (
-	// requests counts A/AAAA queries for flattened names.
-	requests = promauto.NewCounterVec(prometheus.CounterOpts{
-		Namespace: plugin.Namespace,
-		Subsystem: "flatten",
-		Name:      "requests_total",
-		Help:      "Counter of A and AAAA queries for flattened names.",
-	}, []string{"server", "zones", "view"})
-
-	// cacheHits counts queries answered from a fresh cache entry.
-	cacheHits = promauto.NewCounterVec(prometheus.CounterOpts{
-		Namespace: plugin.Namespace,
-		Subsystem: "flatten",
-		Name:      "cache_hits_total",
-		Help:      "Counter of flattened answers served from a fresh cache entry.",
-	}, []string{"server", "zones", "view"})
-
-	// cacheMisses counts resolutions started because nothing fresh was cached (including
-	// background refreshes).
-	cacheMisses = promauto.NewCounterVec(prometheus.CounterOpts{
-		Namespace: plugin.Namespace,
-		Subsystem: "flatten",
-		Name:      "cache_misses_total",
-		Help:      "Counter of chain resolutions started because the cache had no fresh entry or the entry was due for refresh.",
-	}, []string{"server", "zones", "view"})
-
-	// staleAnswers counts answers served from an expired entry (RFC 8767).
-	staleAnswers = promauto.NewCounterVec(prometheus.CounterOpts{
-		Namespace: plugin.Namespace,
-		Subsystem: "flatten",
-		Name:      "stale_answers_total",
-		Help:      "Counter of flattened answers served stale because the target could not be resolved.",
-	}, []string{"server", "zones", "view"})
-
-	// fallbackAnswers counts answers served from the zone's own A/AAAA records.
-	fallbackAnswers = promauto.NewCounterVec(prometheus.CounterOpts{
-		Namespace: plugin.Namespace,
-		Subsystem: "flatten",
-		Name:      "fallback_answers_total",
-		Help:      "Counter of answers served from the zone's own address records because the target could not be resolved.",
-	}, []string{"server", "zones", "view"})
-
-	// failoverAnswers counts answers from a target other than an alias's first.
-	failoverAnswers = promauto.NewCounterVec(prometheus.CounterOpts{
-		Namespace: plugin.Namespace,
-		Subsystem: "flatten",
-		Name:      "failover_answers_total",
-		Help:      "Counter of answers from a target other than the first, because the ones before it failed, had no address of the type or no healthy address.",
-	}, []string{"server", "zones", "view"})
-
-	// upstreamQueries counts questions sent upstream (every hop, every retry).
-	upstreamQueries = promauto.NewCounterVec(prometheus.CounterOpts{
-		Namespace: plugin.Namespace,
-		Subsystem: "flatten",
-		Name:      "upstream_queries_total",
-		Help:      "Counter of questions sent upstream to resolve chains.",
-	}, []string{"server", "zones", "view"})
-
-	// upstreamErrors counts failed upstream questions by reason.
-	upstreamErrors = promauto.NewCounterVec(prometheus.CounterOpts{
-		Namespace: plugin.Namespace,
-		Subsystem: "flatten",
-		Name:      "upstream_errors_total",
-		Help:      "Counter of upstream questions that failed, by reason.",
-	}, []string{"server", "zones", "view", "reason"})
-
-	// lookupDuration is the time taken to resolve one chain. Per listener only: a histogram per
-	// server block cost 2.4 KB of heap a block, as much as everything else of a block with two
-	// aliases.
-	lookupDuration = promauto.NewHistogramVec(prometheus.HistogramOpts{
-		Namespace:                   plugin.Namespace,
-		Subsystem:                   "flatten",
-		Name:                        "lookup_duration_seconds",
-		Buckets:                     plugin.TimeBuckets,
-		NativeHistogramBucketFactor: plugin.NativeHistogramBucketFactor,
-		Help:                        "Histogram of the time taken to resolve a chain upstream.",
-	}, []string{"server"})
-
-	// cacheEntries is the number of cache entries.
-	cacheEntries = promauto.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: plugin.Namespace,
-		Subsystem: "flatten",
-		Name:      "cache_entries",
-		Help:      "The number of resolved chains in the cache.",
-	}, []string{"server", "zones", "view"})
-
-	// ecsEntries is the number of cache entries for client networks (`ecs`).
-	ecsEntries = promauto.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: plugin.Namespace,
-		Subsystem: "flatten",
-		Name:      "ecs_entries",
-		Help:      "The number of cache entries for client networks (EDNS Client Subnet).",
-	}, []string{"server", "zones", "view"})
-
-	// refreshCount counts background refreshes (scheduled and prefetch).
-	refreshCount = promauto.NewCounterVec(prometheus.CounterOpts{
-		Namespace: plugin.Namespace,
-		Subsystem: "flatten",
-		Name:      "refreshes_total",
-		Help:      "Counter of background refreshes of cache entries.",
-	}, []string{"server", "zones", "view"})
-
-	// healthProbes counts health check probes by result: "up" (connected) or "down" (failed).
-	healthProbes = promauto.NewCounterVec(prometheus.CounterOpts{
-		Namespace: plugin.Namespace,
-		Subsystem: "flatten",
-		Name:      "health_probes_total",
-		Help:      "Counter of health check probes of target addresses, by result.",
-	}, []string{"server", "zones", "view", "result"})
-
-	// healthDownAddrs is the number of addresses marked down, which answers leave out.
-	healthDownAddrs = promauto.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: plugin.Namespace,
-		Subsystem: "flatten",
-		Name:      "health_down_addresses",
-		Help:      "The number of target addresses marked down by health checks.",
-	}, []string{"server", "zones", "view"})
-)
+// blocks on one listener never overwrite each other; and no client or query name label, so their
+// number is bounded by the configuration.
+//
+// The counters are atomics in a tally per label set, and one collector turns them into samples
+// when scraped: a CounterVec child costs about 1 KB of heap (its label pairs, hashes and map
+// entries), so a block's counters as children cost more than its two aliases (with 10,000 blocks,
+// 11 MB of the 34 MB of heap flatten added; the blocks case of bench/run.sh). A tally costs a
+// tenth of that. Like a CounterVec child, a counter appears once it is first counted, and a tally
+// is kept for the life of the process, so its counters go on across reloads.
 
 // metricLabels are the labels every metric has.
 type metricLabels struct{ server, zones, view string }
 
-// aliasStates counts the configured aliases of every running block by the answer a query would
-// get (aliasTable.states): coredns_flatten_aliases_fresh and coredns_flatten_aliases_stale. It
-// counts when scraped, from what the cache holds, so that nothing on the answer path keeps counts.
-type aliasStates struct{ fresh, stale *prometheus.Desc }
+// errorReasons are the values of upstream_errors_total's `reason` label (resolve.go).
+var errorReasons = [...]string{reasonTimeout, reasonNetwork, reasonRcode, reasonMalformed, reasonLoop, reasonDepth, reasonNoServer}
 
-func init() {
+// probeResults are the values of health_probes_total's `result` label.
+var probeResults = [...]string{"down", "up"}
+
+// tally holds the counters of one label set: a server block's on one listener.
+type tally struct {
+	labels metricLabels
+	// lookup is the listener's lookup_duration_seconds histogram. Per listener only: a
+	// histogram per server block cost 2.4 KB of heap a block.
+	lookup prometheus.Observer
+
+	requests  atomic.Uint64 // A/AAAA queries for flattened names
+	hits      atomic.Uint64 // answers from a fresh entry
+	misses    atomic.Uint64 // resolutions started because nothing fresh was cached
+	stale     atomic.Uint64 // answers served stale (RFC 8767)
+	fallback  atomic.Uint64 // answers from the zone's own address records
+	failover  atomic.Uint64 // answers from a target other than an alias's first
+	upstream  atomic.Uint64 // questions sent upstream, every hop and retry
+	refreshes atomic.Uint64 // background resolutions (scheduled and prefetch)
+	errors    [len(errorReasons)]atomic.Uint64
+	probes    [len(probeResults)]atomic.Uint64
+}
+
+// failed counts a failed upstream question.
+func (t *tally) failed(reason string) {
+	if i := slices.Index(errorReasons[:], reason); i >= 0 {
+		t.errors[i].Add(1)
+	}
+}
+
+// probed counts a health probe.
+func (t *tally) probed(up bool) {
+	if up {
+		t.probes[1].Add(1)
+	} else {
+		t.probes[0].Add(1)
+	}
+}
+
+// tallies holds every tally made, by label set.
+var tallies = struct {
+	sync.Mutex
+	m map[metricLabels]*tally
+}{m: map[metricLabels]*tally{}}
+
+// tallyOf returns the tally of l, made on first use.
+func tallyOf(l metricLabels) *tally {
+	tallies.Lock()
+	defer tallies.Unlock()
+	t := tallies.m[l]
+	if t == nil {
+		t = &tally{labels: l, lookup: lookupDuration.WithLabelValues(l.server)}
+		tallies.m[l] = t
+	}
+	return t
+}
+
+var lookupDuration = promauto.NewHistogramVec(prometheus.HistogramOpts{
+	Namespace:                   plugin.Namespace,
+	Subsystem:                   "flatten",
+	Name:                        "lookup_duration_seconds",
+	Buckets:                     plugin.TimeBuckets,
+	NativeHistogramBucketFactor: plugin.NativeHistogramBucketFactor,
+	Help:                        "Histogram of the time taken to resolve a chain upstream.",
+}, []string{"server"})
+
+// collector exports the tallies' counters, and the gauges of the running blocks, which it counts
+// when scraped from what the blocks hold, so that nothing keeps them in sync by hand.
+type collector struct {
+	// counters, by the tally field they read.
+	requests, hits, misses, stale, fallback, failover, upstream, refreshes, errors, probes *prometheus.Desc
+	// gauges
+	entries, ecsEntries, down, fresh, staleAliases *prometheus.Desc
+}
+
+func init() { prometheus.MustRegister(newCollector()) }
+
+func newCollector() *collector {
 	labels := []string{"server", "zones", "view"}
-	prometheus.MustRegister(aliasStates{
-		fresh: prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, "flatten", "aliases_fresh"),
-			"The number of configured aliases whose every address type is answered from a fresh cache entry.", labels, nil),
-		stale: prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, "flatten", "aliases_stale"),
-			"The number of configured aliases with an address type answered stale: their targets fail to resolve.", labels, nil),
-	})
+	desc := func(name, help string, extra ...string) *prometheus.Desc {
+		return prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, "flatten", name), help, append(slices.Clone(labels), extra...), nil)
+	}
+	return &collector{
+		requests:     desc("requests_total", "Counter of A and AAAA queries for flattened names."),
+		hits:         desc("cache_hits_total", "Counter of flattened answers served from a fresh cache entry."),
+		misses:       desc("cache_misses_total", "Counter of chain resolutions started because the cache had no fresh entry or the entry was due for refresh."),
+		stale:        desc("stale_answers_total", "Counter of flattened answers served stale because the target could not be resolved."),
+		fallback:     desc("fallback_answers_total", "Counter of answers served from the zone's own address records because the target could not be resolved."),
+		failover:     desc("failover_answers_total", "Counter of answers from a target other than the first, because the ones before it failed, had no address of the type or no healthy address."),
+		upstream:     desc("upstream_queries_total", "Counter of questions sent upstream to resolve chains."),
+		refreshes:    desc("refreshes_total", "Counter of background refreshes of cache entries."),
+		errors:       desc("upstream_errors_total", "Counter of upstream questions that failed, by reason.", "reason"),
+		probes:       desc("health_probes_total", "Counter of health check probes of target addresses, by result.", "result"),
+		entries:      desc("cache_entries", "The number of resolved chains in the cache."),
+		ecsEntries:   desc("ecs_entries", "The number of cache entries for client networks (EDNS Client Subnet)."),
+		down:         desc("health_down_addresses", "The number of target addresses marked down by health checks."),
+		fresh:        desc("aliases_fresh", "The number of configured aliases whose every address type is answered from a fresh cache entry."),
+		staleAliases: desc("aliases_stale", "The number of configured aliases with an address type answered stale: their targets fail to resolve."),
+	}
 }
 
 // Describe implements prometheus.Collector.
-func (a aliasStates) Describe(ch chan<- *prometheus.Desc) {
-	ch <- a.fresh
-	ch <- a.stale
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.requests, c.hits, c.misses, c.stale, c.fallback, c.failover,
+		c.upstream, c.refreshes, c.errors, c.probes, c.entries, c.ecsEntries, c.down, c.fresh, c.staleAliases} {
+		ch <- d
+	}
 }
 
 // Collect implements prometheus.Collector.
-func (a aliasStates) Collect(ch chan<- prometheus.Metric) {
-	for _, f := range running() {
-		fresh, stale := f.aliases.states(f.cache)
-		l := f.cfg.labels
-		ch <- prometheus.MustNewConstMetric(a.fresh, prometheus.GaugeValue, float64(fresh), l.server, l.zones, l.view)
-		ch <- prometheus.MustNewConstMetric(a.stale, prometheus.GaugeValue, float64(stale), l.server, l.zones, l.view)
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	tallies.Lock()
+	ts := slices.Collect(func(yield func(*tally) bool) {
+		for _, t := range tallies.m {
+			if !yield(t) {
+				return
+			}
+		}
+	})
+	tallies.Unlock()
+	for _, t := range ts {
+		l := t.labels
+		count := func(d *prometheus.Desc, v *atomic.Uint64, extra ...string) {
+			if n := v.Load(); n > 0 {
+				ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(n), append([]string{l.server, l.zones, l.view}, extra...)...)
+			}
+		}
+		count(c.requests, &t.requests)
+		count(c.hits, &t.hits)
+		count(c.misses, &t.misses)
+		count(c.stale, &t.stale)
+		count(c.fallback, &t.fallback)
+		count(c.failover, &t.failover)
+		count(c.upstream, &t.upstream)
+		count(c.refreshes, &t.refreshes)
+		for i, r := range errorReasons {
+			count(c.errors, &t.errors[i], r)
+		}
+		for i, r := range probeResults {
+			count(c.probes, &t.probes[i], r)
+		}
+	}
+
+	// The pools' gauges under their labels, the blocks' under theirs. During a reload the old
+	// pool of a listener may still run beside the new one (their keys differ when the settings
+	// changed): the gauges of a label set are one pool's.
+	seen := map[metricLabels]bool{}
+	for _, p := range running() {
+		gauge := func(l metricLabels, d *prometheus.Desc, v int) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), l.server, l.zones, l.view)
+		}
+		if l := p.cfg.labels; !seen[l] {
+			entries, ecs := p.cache.entries()
+			gauge(l, c.entries, entries)
+			if p.cfg.ecs != nil {
+				gauge(l, c.ecsEntries, ecs)
+			}
+			if p.health != nil {
+				gauge(l, c.down, p.health.downAddrs())
+			}
+		}
+		for _, f := range p.members {
+			l := f.cfg.labels
+			if seen[l] {
+				continue
+			}
+			seen[l] = true
+			fresh, stale := f.aliases.states(p.cache)
+			gauge(l, c.fresh, fresh)
+			gauge(l, c.staleAliases, stale)
+		}
+		seen[p.cfg.labels] = true
 	}
 }

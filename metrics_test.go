@@ -7,7 +7,6 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // gathered returns the value of the metric name with the given zones label (server
@@ -80,17 +79,17 @@ example.net:0 {
 		return a == 2 && b == 1
 	})
 	// Two targets in one block, one in the other: 4 entries and 2.
-	if a, b := testutil.ToFloat64(cacheEntries.WithLabelValues(coreServerLabel, org, "")),
-		testutil.ToFloat64(cacheEntries.WithLabelValues(coreServerLabel, net, "")); a != 4 || b != 2 {
+	if a, b := metric(t, "cache_entries", coreServerLabel, org, ""),
+		metric(t, "cache_entries", coreServerLabel, net, ""); a != 4 || b != 2 {
 		t.Errorf("cache_entries %v and %v, want 4 for %s and 2 for %s", a, b, org, net)
 	}
-	beforeOrg := testutil.ToFloat64(requests.WithLabelValues(coreServerLabel, org, ""))
-	beforeNet := testutil.ToFloat64(requests.WithLabelValues(coreServerLabel, net, ""))
+	beforeOrg := metric(t, "requests_total", coreServerLabel, org, "")
+	beforeNet := metric(t, "requests_total", coreServerLabel, net, "")
 	checkAddrs(t, query(t, addr, "udp", "example.org.", dns.TypeA, 0), "example.org.", "192.0.2.10", "192.0.2.11")
 	checkAddrs(t, query(t, addr, "udp", "www.example.org.", dns.TypeA, 0), "www.example.org.", "192.0.2.30")
 	checkAddrs(t, query(t, addr, "udp", "example.net.", dns.TypeA, 0), "example.net.", "192.0.2.10", "192.0.2.11")
-	if a, b := testutil.ToFloat64(requests.WithLabelValues(coreServerLabel, org, ""))-beforeOrg,
-		testutil.ToFloat64(requests.WithLabelValues(coreServerLabel, net, ""))-beforeNet; a != 2 || b != 1 {
+	if a, b := metric(t, "requests_total", coreServerLabel, org, "")-beforeOrg,
+		metric(t, "requests_total", coreServerLabel, net, "")-beforeNet; a != 2 || b != 1 {
 		t.Errorf("requests %v and %v, want 2 for %s and 1 for %s", a, b, org, net)
 	}
 

@@ -2,6 +2,7 @@ package flatten
 
 import (
 	"container/heap"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -32,7 +33,9 @@ type schedule struct {
 	timer   *time.Timer // runs tick; nil until start
 }
 
-// start begins the startup round and the background refresh of pinned slots, once.
+// start begins the startup round and the background refresh of pinned slots, once. The startup
+// round goes to the refresh queue at once, not from the timer: 10,000 blocks starting together
+// would otherwise each fire a timer goroutine at the same moment.
 func (c *cache) start() {
 	now := since(c.now())
 	c.mu.Lock()
@@ -45,12 +48,11 @@ func (c *cache) start() {
 		for i := range p.slots {
 			s := &p.slots[i]
 			s.due = now
-			heap.Push(&c.sched.heap, s)
 			c.sched.pending++
+			refreshes.add(c, s)
 		}
 	}
-	c.countLocked()
-	c.sched.timer = time.AfterFunc(0, c.tick)
+	c.sched.timer = time.AfterFunc(time.Duration(math.MaxInt64), c.tick)
 }
 
 // close stops the schedule's timer: a stopped cache is not kept alive by it until it fires.
@@ -174,10 +176,9 @@ func (c *cache) refreshPinned(s *slot) {
 	} else {
 		if fl == nil {
 			var started bool
-			q := question{key: s.key(), pace: c.limiter, labels: c.cfg.labels}
+			q := question{key: s.key(), pace: c.limiter, tally: c.tally}
 			if fl, started = c.claim(c.bg.ctx, s, &q); started {
-				l := q.labels
-				refreshCount.WithLabelValues(l.server, l.zones, l.view).Inc()
+				q.tally.refreshes.Add(1)
 			}
 		}
 		select {

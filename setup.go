@@ -30,7 +30,7 @@ func setup(c *caddy.Controller) error {
 	}
 	f.cfg.labels.server = configServerLabel(dnsserver.GetConfig(c))
 	f.cfg.labels.view = dnsserver.GetConfig(c).ViewName
-	f.prepare()
+	joinPool(c.Context(), f)
 
 	c.OnStartup(f.OnStartup)
 	c.OnShutdown(f.OnShutdown)
@@ -163,6 +163,9 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 	}
 	if f.aliases.len() == 0 && !f.cfg.zoneAlias && f.cfg.cnames.empty() {
 		return nil, c.Errf("nothing to flatten: give at least one 'alias NAME TARGET', 'zone_alias' or 'cname NAMES...'")
+	}
+	if f.cfg.zoneAlias {
+		f.zoneAliases = newZoneAliases(f.cfg.capacity)
 	}
 	return f, nil
 }

@@ -1119,8 +1119,8 @@ func TestSetup(t *testing.T) {
 			t.Errorf("Test %d: expected a *Flatten, got %T", i, h)
 			continue
 		}
-		if f.cache == nil {
-			t.Errorf("Test %d: expected setup to build the cache", i)
+		if f.pool == nil || f.pool.members[0] != f {
+			t.Errorf("Test %d: expected setup to put the block in a pool", i)
 		}
 	}
 }

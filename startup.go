@@ -47,7 +47,7 @@ func instanceStarted(event caddy.EventName, info any) error {
 	// Not in the event's goroutine: caddy's Start waits for its hooks.
 	go func() {
 		for _, f := range fs {
-			if f.self != nil && f.self.server.Load() == nil {
+			if f.pool.self != nil && f.pool.self.server.Load() == nil {
 				f.findServer(listeners)
 			}
 		}
@@ -64,7 +64,7 @@ func logTotals(fs []*Flatten) {
 	for _, f := range fs {
 		aliases += f.aliases.len()
 		upstreams = append(upstreams, f.cfg.upstreams...)
-		if f.self != nil {
+		if f.pool.self != nil {
 			self++
 		}
 	}
@@ -84,13 +84,13 @@ func logTotals(fs []*Flatten) {
 // server to resolve through (ServeDNS observes it) and the startup round starts without waiting
 // for a client's query. A listener on every address is asked on loopback.
 func (f *Flatten) findServer(listeners []net.Addr) {
-	defer f.self.probed.Store(true)
+	defer f.pool.self.probed.Store(true)
 	q := new(dns.Msg)
 	q.SetQuestion(f.cfg.zones[0], dns.TypeSOA)
 	c := &dns.Client{Timeout: 500 * time.Millisecond}
 	var errs []string
 	for _, a := range listeners {
-		if f.self.server.Load() != nil || f.bg.done() {
+		if f.pool.self.server.Load() != nil || f.pool.bg.done() {
 			return
 		}
 		ap, ok := a.(*net.UDPAddr)
@@ -108,7 +108,7 @@ func (f *Flatten) findServer(listeners []net.Addr) {
 			errs = append(errs, err.Error())
 		}
 	}
-	if f.self.server.Load() == nil && !f.bg.done() {
+	if f.pool.self.server.Load() == nil && !f.pool.bg.done() {
 		log.Warningf("%s: could not ask this server's own listener to resolve through it (%s); the aliases are resolved from the first query on",
 			f.cfg.labels.zones, strings.Join(errs, "; "))
 	}
@@ -122,8 +122,13 @@ func awaitRound(fs []*Flatten, start time.Time) {
 	}
 	var resolved, failed, total int
 	var first string
+	pools := map[*pool]bool{}
 	for _, f := range fs {
-		for _, p := range f.cache.pins {
+		if pools[f.pool] {
+			continue
+		}
+		pools[f.pool] = true
+		for _, p := range f.pool.cache.pins {
 			for i := range p.slots {
 				s := &p.slots[i]
 				total++
@@ -146,5 +151,5 @@ func awaitRound(fs []*Flatten, start time.Time) {
 // roundOver reports whether the block's startup round has ended, or cannot start: stopped, or
 // resolving through a server it could not find.
 func (f *Flatten) roundOver() bool {
-	return f.cache.ready() || f.bg.done() || (f.self != nil && f.self.server.Load() == nil && f.self.probed.Load())
+	return f.pool.cache.ready() || f.pool.bg.done() || (f.pool.self != nil && f.pool.self.server.Load() == nil && f.pool.self.probed.Load())
 }

@@ -10,9 +10,11 @@ import (
 
 // block returns the running instance that flattens zones.
 func block(zones string) *Flatten {
-	for _, f := range running() {
-		if f.cfg.labels.zones == zones {
-			return f
+	for _, p := range running() {
+		for _, f := range p.members {
+			if f.cfg.labels.zones == zones {
+				return f
+			}
 		}
 	}
 	return nil
@@ -30,7 +32,7 @@ func TestSelfResolutionWithoutQueries(t *testing.T) {
 
 	waitFor(t, "the block ready, and its alias resolved, without a query", func() bool {
 		f := block("example.org.")
-		return f != nil && f.Ready() && f.cache.pins[0].slots[0].good.Load() != nil
+		return f != nil && f.Ready() && f.pool.cache.pins[0].slots[0].good.Load() != nil
 	})
 	waitFor(t, "the startup lines", func() bool {
 		return len(logged.lines("startup round done")) == 1
@@ -54,11 +56,11 @@ func TestSelfResolutionWithoutQueries(t *testing.T) {
 		if f == nil || f == old {
 			return false
 		}
-		adopted = f.cache.pins[0].slots[0].good.Load()
+		adopted = f.pool.cache.pins[0].slots[0].good.Load()
 		return true
 	})
 	waitFor(t, "a refresh after the reload, without a query", func() bool {
-		e := block("example.org.").cache.pins[0].slots[0].good.Load()
+		e := block("example.org.").pool.cache.pins[0].slots[0].good.Load()
 		return e != nil && adopted != nil && e.fetched > adopted.fetched
 	})
 	if !block("example.org.").Ready() {

@@ -84,7 +84,7 @@ func (s *selfExchanger) exchange(ctx context.Context, q question, name string) (
 	ctx = withPath(ctx, &resolvePath{target: q.key.name, parent: q.path})
 	m := newQuery(name, q.key.qtype)
 	addECS(m, q.sub)
-	upstreamQueries.WithLabelValues(q.labels.server, q.labels.zones, q.labels.view).Inc()
+	q.tally.upstream.Add(1)
 	resp, err := s.up.Lookup(ctx, request.Request{W: selfWriter, Req: m}, name, q.key.qtype)
 	if err == nil && resp == nil {
 		err = errMalformed(name, "no answer from the plugin chain")
@@ -94,7 +94,7 @@ func (s *selfExchanger) exchange(ctx context.Context, q question, name string) (
 	}
 	if err != nil {
 		re := asResolveError(name, err)
-		upstreamErrors.WithLabelValues(q.labels.server, q.labels.zones, q.labels.view, re.reason).Inc()
+		q.tally.failed(re.reason)
 		return nil, re
 	}
 	return resp, nil
@@ -299,7 +299,7 @@ func (r *resolver) try(ctx context.Context, q question, name string) (*dns.Msg, 
 	}
 	if err != nil {
 		re := asResolveError(name, err)
-		upstreamErrors.WithLabelValues(q.labels.server, q.labels.zones, q.labels.view, re.reason).Inc()
+		q.tally.failed(re.reason)
 		if re.reason != reasonRcode {
 			// A resolver that answers, even with SERVFAIL, is alive.
 			r.downUntil.Store(since(time.Now().Add(downFor)))
@@ -322,7 +322,7 @@ func (r *resolver) ask(ctx context.Context, q question, name string, plain bool)
 	state := request.Request{W: proxyWriter, Req: m}
 	opts := proxy.Options{PreferUDP: true}
 	for {
-		upstreamQueries.WithLabelValues(q.labels.server, q.labels.zones, q.labels.view).Inc()
+		q.tally.upstream.Add(1)
 		resp, _, _, err := r.proxy.Connect(ctx, state, opts)
 		if errors.Is(err, proxy.ErrCachedClosed) {
 			// A pooled connection the resolver had closed: dial a new one, as forward does.

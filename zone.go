@@ -136,7 +136,7 @@ func newZoneAliases(capacity int) *zoneAliases {
 // below only when what it remembers is older than the refresh interval.
 func (f *Flatten) zoneAliasFor(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, name string) *zoneAlias {
 	za := f.zoneAliases
-	now := f.cache.now()
+	now := f.pool.cache.now()
 	za.mu.RLock()
 	z, ok := za.names[name]
 	za.mu.RUnlock()
@@ -261,7 +261,7 @@ func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns
 	}
 	if f.zoneAliases != nil && inZone {
 		if za := f.zoneAliasFor(ctx, w, r, end); za.target != "" {
-			s := f.cache.slotFor(cacheKey{name: za.target, qtype: q.Qtype})
+			s := f.pool.cache.slotFor(cacheKey{name: za.target, qtype: q.Qtype})
 			return f.flatten(ctx, w, r, zone, min(c.ttl, za.ttl), []*slot{s})
 		}
 	}
@@ -276,7 +276,7 @@ func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns
 		w.WriteMsg(reply)
 		return dns.RcodeSuccess, nil
 	}
-	s := f.cache.slotFor(cacheKey{name: end, qtype: q.Qtype})
+	s := f.pool.cache.slotFor(cacheKey{name: end, qtype: q.Qtype})
 	return f.flatten(ctx, w, r, zone, c.ttl, []*slot{s})
 }
 

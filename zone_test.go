@@ -127,7 +127,7 @@ func newZoneFlatten(t *testing.T, zone plugin.Handler, clk *fakeClock, cnames *c
 	w := &walker{ex: up, maxDepth: defaultMaxDepth}
 	f.zoneAliases = newZoneAliases(f.cfg.capacity)
 	f.build(w.resolve)
-	f.cache.now = clk.now
+	f.pool.cache.now = clk.now
 	f.Next = zone
 	return f
 }
