@@ -6,6 +6,7 @@ package flatten
 import (
 	"context"
 	"math"
+	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -78,6 +79,10 @@ func (f *Flatten) via() string {
 // OnShutdown stops the pool's background work when the block is the last of its pool to shut
 // down; it runs on shutdown and when the *reload* plugin replaces the instance.
 func (f *Flatten) OnShutdown() error {
+	// Shut down before its instance's startup event (a startup that failed): not told of there.
+	starting.Lock()
+	starting.fs = slices.DeleteFunc(starting.fs, func(g *Flatten) bool { return g == f })
+	starting.Unlock()
 	f.pool.stop()
 	return nil
 }

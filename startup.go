@@ -58,11 +58,16 @@ func instanceStarted(event caddy.EventName, info any) error {
 
 // logTotals logs what the blocks started together flatten, in one line.
 func logTotals(fs []*Flatten) {
-	aliases := 0
+	aliases, targets := 0, 0
+	pools := map[*pool]bool{}
 	var upstreams []string
 	self := 0
 	for _, f := range fs {
 		aliases += f.aliases.len()
+		if !pools[f.pool] {
+			pools[f.pool] = true
+			targets += len(f.pool.cache.pins)
+		}
 		upstreams = append(upstreams, f.cfg.upstreams...)
 		if f.pool.self != nil {
 			self++
@@ -77,7 +82,8 @@ func logTotals(fs []*Flatten) {
 	if self > 0 {
 		via = append(via, fmt.Sprintf("this server (%d blocks)", self))
 	}
-	log.Infof("%d server blocks flatten %d aliases, resolved through %s", len(fs), aliases, strings.Join(via, " and "))
+	log.Infof("%d server blocks flatten %d aliases to %d targets in %d pools, resolved through %s",
+		len(fs), aliases, targets, len(pools), strings.Join(via, " and "))
 }
 
 // findServer asks the block's own listeners for its zone's SOA, so that the query brings the
@@ -123,11 +129,13 @@ func awaitRound(fs []*Flatten, start time.Time) {
 	var resolved, failed, total int
 	var first string
 	pools := map[*pool]bool{}
+	stopped := true
 	for _, f := range fs {
 		if pools[f.pool] {
 			continue
 		}
 		pools[f.pool] = true
+		stopped = stopped && f.pool.bg.done()
 		for _, p := range f.pool.cache.pins {
 			for i := range p.slots {
 				s := &p.slots[i]
@@ -143,6 +151,9 @@ func awaitRound(fs []*Flatten, start time.Time) {
 				}
 			}
 		}
+	}
+	if stopped {
+		return // shut down before its round ended: a reload's new instance tells its own
 	}
 	log.Infof("startup round done in %s: %d of %d targets and types resolved, %d failed%s",
 		time.Since(start).Round(time.Millisecond), resolved, total, failed, first)
