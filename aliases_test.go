@@ -17,29 +17,12 @@ import (
 )
 
 // TestAliasTableFindsEveryName: names of every length are found in any case and only as
-// themselves; each alias answers from its targets' pinned slots in order, the very slots the
+// themselves, while there are few aliases and once there are many; each alias answers from its targets' pinned slots in order, the very slots the
 // cache resolves and finds by name, shared by the aliases that name the same target.
 func TestAliasTableFindsEveryName(t *testing.T) {
 	f := newTestFlatten()
 	tab := &f.aliases
 	var names []string
-	for n := 2; n <= 40; n++ {
-		// "a.", "ab.", ... up to 40 bytes: lengths around maxShortName (23) included.
-		name := strings.Repeat("a", n-2) + "b."
-		names = append(names, name)
-		targets := []string{"t" + name + "agency.test."}
-		if n%5 == 0 {
-			targets = append(targets, "u"+name+"agency.test.", "v"+name+"agency.test.")
-		}
-		if n%7 == 0 && n%5 != 0 {
-			targets = append(targets, "tb.agency.test.") // the target of "b." too
-		}
-		f.addAlias(name, targets...)
-	}
-	if tab.len() != len(names) {
-		t.Fatalf("len %d, want %d", tab.len(), len(names))
-	}
-
 	check := func(stage string) {
 		t.Helper()
 		for _, name := range names {
@@ -62,6 +45,26 @@ func TestAliasTableFindsEveryName(t *testing.T) {
 			}
 		}
 	}
+	for n := 2; n <= 40; n++ {
+		// "a.", "ab.", ... up to 40 bytes: lengths around maxShortName (23) included.
+		name := strings.Repeat("a", n-2) + "b."
+		names = append(names, name)
+		targets := []string{"t" + name + "agency.test."}
+		if n%5 == 0 {
+			targets = append(targets, "u"+name+"agency.test.", "v"+name+"agency.test.")
+		}
+		if n%7 == 0 && n%5 != 0 {
+			targets = append(targets, "tb.agency.test.") // the target of "b." too
+		}
+		f.addAlias(name, targets...)
+		if len(names) <= fewAliases+2 { // a few aliases are kept apart from the map
+			check(fmt.Sprintf("with %d aliases", len(names)))
+		}
+	}
+	if tab.len() != len(names) {
+		t.Fatalf("len %d, want %d", tab.len(), len(names))
+	}
+
 	check("before the cache is built")
 
 	f.build(func(context.Context, question) (*chain, error) { return nil, errors.New("not asked") })

@@ -213,8 +213,10 @@ func BenchmarkManyAliases(b *testing.B) {
 // TestMemoryPerBlock bounds what a server block with its own flatten costs beyond the same block
 // without it (issue: 10,000 client zones, two aliases each, in at most 24 MB): its aliases and a
 // few hundred bytes, with everything per process (refresh queue and pacing, resolvers,
-// interning, metrics) shared. Measured as live heap after a GC, the same blocks without flatten
-// subtracted. FLATTEN_MEMPROFILE=FILE writes the heap profile of the blocks with flatten, every
+// interning, metrics) shared, and each target resolved once for the blocks of a pool. Measured as
+// live heap after a GC, the same blocks without flatten subtracted: about 2,960 bytes with a
+// cache, schedule timer and Prometheus series per block; 928 with pools and tallies; 735 since a
+// block's few aliases are kept in a slice instead of a map. FLATTEN_MEMPROFILE=FILE writes the heap profile of the blocks with flatten, every
 // allocation sampled.
 func TestMemoryPerBlock(t *testing.T) {
 	if testing.Short() {
@@ -276,8 +278,8 @@ func TestMemoryPerBlock(t *testing.T) {
 	}
 	per := (int64(flat) - int64(base)) / blocks
 	t.Logf("%d blocks: %d bytes of heap without flatten, %d with, %d per block", blocks, base, flat, per)
-	if per > 1200 {
-		t.Errorf("a block with flatten costs %d bytes of heap more than without; want at most 1200", per)
+	if per > 800 {
+		t.Errorf("a block with flatten costs %d bytes of heap more than without; want at most 800", per)
 	}
 }
 
