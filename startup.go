@@ -77,7 +77,7 @@ func logTotals(fs []*Flatten) {
 	if self > 0 {
 		via = append(via, fmt.Sprintf("this server (%d blocks)", self))
 	}
-	log.Infof("%d server blocks flatten %d aliases, resolved through %s", len(fs), aliases, strings.Join(via, " and "))
+	log.Infof("flatten %s: %d server blocks flatten %d aliases, resolved through %s", FullVersion(), len(fs), aliases, strings.Join(via, " and "))
 }
 
 // findServer asks the block's own listeners for its zone's SOA, so that the query brings the
