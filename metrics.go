@@ -134,9 +134,10 @@ var (
 type metricLabels struct{ server, zones, view string }
 
 // aliasStates counts the configured aliases of every running block by the answer a query would
-// get (aliasTable.states): coredns_flatten_aliases_fresh and coredns_flatten_aliases_stale. It
-// counts when scraped, from what the cache holds, so that nothing on the answer path keeps counts.
-type aliasStates struct{ fresh, stale *prometheus.Desc }
+// get (aliasTable.states): coredns_flatten_aliases_fresh, coredns_flatten_aliases_stale and
+// coredns_flatten_aliases_unresolved. It counts when scraped, from what the cache holds, so that
+// nothing on the answer path keeps counts.
+type aliasStates struct{ fresh, stale, unresolved *prometheus.Desc }
 
 func init() {
 	labels := []string{"server", "zones", "view"}
@@ -145,6 +146,8 @@ func init() {
 			"The number of configured aliases whose every address type is answered from a fresh cache entry.", labels, nil),
 		stale: prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, "flatten", "aliases_stale"),
 			"The number of configured aliases with an address type answered stale: their targets fail to resolve.", labels, nil),
+		unresolved: prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, "flatten", "aliases_unresolved"),
+			"The number of configured aliases with an address type that has neither a fresh nor a stale entry: answered with the zone's own records or SERVFAIL, or waiting for a resolution.", labels, nil),
 	})
 }
 
@@ -152,14 +155,16 @@ func init() {
 func (a aliasStates) Describe(ch chan<- *prometheus.Desc) {
 	ch <- a.fresh
 	ch <- a.stale
+	ch <- a.unresolved
 }
 
 // Collect implements prometheus.Collector.
 func (a aliasStates) Collect(ch chan<- prometheus.Metric) {
 	for _, f := range running() {
-		fresh, stale := f.aliases.states(f.cache)
+		fresh, stale, unresolved := f.aliases.states(f.cache)
 		l := f.cfg.labels
 		ch <- prometheus.MustNewConstMetric(a.fresh, prometheus.GaugeValue, float64(fresh), l.server, l.zones, l.view)
 		ch <- prometheus.MustNewConstMetric(a.stale, prometheus.GaugeValue, float64(stale), l.server, l.zones, l.view)
+		ch <- prometheus.MustNewConstMetric(a.unresolved, prometheus.GaugeValue, float64(unresolved), l.server, l.zones, l.view)
 	}
 }

@@ -8,10 +8,10 @@ import "runtime/debug"
 var Version = "dev"
 
 // FullVersion returns the version of flatten in the binary: Version when the build stamped it;
-// otherwise the version the Go toolchain recorded for the module, which is the required version
-// (a tag or a pseudo-version) in a CoreDNS tree that requires flatten, or the VCS stamp of a build
-// in a clone ("v0.0.0-20261206230514-4e89d59b1c2a+dirty"); "dev" when neither is known (go run,
-// go test).
+// otherwise the version the Go toolchain recorded for the module: the required version (a tag or
+// a pseudo-version) in a CoreDNS tree that requires flatten, "dev (../flatten)" when a replace
+// directive points it at a directory, the VCS stamp when the go command made one for a build in a
+// clone; "dev" when none is known (go run, go test).
 func FullVersion() string {
 	if Version != "dev" && Version != "" {
 		return Version
@@ -26,13 +26,19 @@ func FullVersion() string {
 // modulePath is flatten's module path.
 const modulePath = "github.com/flattendns/flatten"
 
-// moduleVersion is the version bi records for flatten's module, replaced or not; "dev" when it
-// records none.
+// moduleVersion is the version bi records for flatten's module: its version; "VERSION (PATH)"
+// when another module replaces it, "dev (DIR)" when a directory does; "dev" when it records none.
 func moduleVersion(bi *debug.BuildInfo) string {
 	mods := append([]*debug.Module{&bi.Main}, bi.Deps...)
 	for _, m := range mods {
 		if m == nil || m.Path != modulePath {
 			continue
+		}
+		if r := m.Replace; r != nil {
+			if r.Version == "" { // a directory: its source is whatever the directory holds
+				return "dev (" + r.Path + ")"
+			}
+			return r.Version + " (" + r.Path + ")"
 		}
 		if m.Version != "" && m.Version != "(devel)" {
 			return m.Version

@@ -15,8 +15,11 @@ func TestFullVersion(t *testing.T) {
 		t.Errorf("FullVersion with Version stamped v1.2.3 = %q", got)
 	}
 
-	dep := &debug.Module{Path: modulePath, Version: "v0.0.0-20261206230514-4e89d59b1c2a",
+	dep := &debug.Module{Path: modulePath, Version: "v0.0.0-20261206230514-4e89d59b1c2a"}
+	dir := &debug.Module{Path: modulePath, Version: "v0.0.0-00010101000000-000000000000",
 		Replace: &debug.Module{Path: "../flatten"}}
+	fork := &debug.Module{Path: modulePath, Version: "v0.1.0",
+		Replace: &debug.Module{Path: "example.org/fork/flatten", Version: "v0.1.1"}}
 	for _, c := range []struct {
 		name string
 		bi   debug.BuildInfo
@@ -24,8 +27,12 @@ func TestFullVersion(t *testing.T) {
 	}{
 		{"clone, VCS stamped", debug.BuildInfo{Main: debug.Module{Path: modulePath, Version: "v0.1.1-0.20261206230514-4e89d59b1c2a+dirty"}}, "v0.1.1-0.20261206230514-4e89d59b1c2a+dirty"},
 		{"clone, go run", debug.BuildInfo{Main: debug.Module{Path: modulePath, Version: "(devel)"}}, "dev"},
-		{"CoreDNS tree, replaced", debug.BuildInfo{Main: debug.Module{Path: "github.com/coredns/coredns", Version: "(devel)"},
+		{"CoreDNS tree, pseudo-version", debug.BuildInfo{Main: debug.Module{Path: "github.com/coredns/coredns", Version: "(devel)"},
 			Deps: []*debug.Module{{Path: "github.com/miekg/dns", Version: "v1.1.73"}, dep}}, dep.Version},
+		{"CoreDNS tree, replaced by a clone", debug.BuildInfo{Main: debug.Module{Path: "github.com/coredns/coredns"},
+			Deps: []*debug.Module{dir}}, "dev (../flatten)"},
+		{"CoreDNS tree, replaced by a fork", debug.BuildInfo{Main: debug.Module{Path: "github.com/coredns/coredns"},
+			Deps: []*debug.Module{fork}}, "v0.1.1 (example.org/fork/flatten)"},
 		{"CoreDNS tree, tagged", debug.BuildInfo{Main: debug.Module{Path: "github.com/coredns/coredns"},
 			Deps: []*debug.Module{{Path: modulePath, Version: "v0.2.0"}}}, "v0.2.0"},
 		{"not in the build", debug.BuildInfo{Main: debug.Module{Path: "example.org/x", Version: "v1.0.0"}}, "dev"},
