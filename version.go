@@ -35,7 +35,7 @@ func moduleVersion(bi *debug.BuildInfo) string {
 			continue
 		}
 		if r := m.Replace; r != nil {
-			if r.Version == "" { // a directory: its source is whatever the directory holds
+			if r.Version == "" || r.Version == "(devel)" { // a directory: its source is whatever it holds
 				return "dev (" + r.Path + ")"
 			}
 			return r.Version + " (" + r.Path + ")"

@@ -17,7 +17,7 @@ func TestFullVersion(t *testing.T) {
 
 	dep := &debug.Module{Path: modulePath, Version: "v0.0.0-20261206230514-4e89d59b1c2a"}
 	dir := &debug.Module{Path: modulePath, Version: "v0.0.0-00010101000000-000000000000",
-		Replace: &debug.Module{Path: "../flatten"}}
+		Replace: &debug.Module{Path: "../flatten", Version: "(devel)"}} // as go build records it
 	fork := &debug.Module{Path: modulePath, Version: "v0.1.0",
 		Replace: &debug.Module{Path: "example.org/fork/flatten", Version: "v0.1.1"}}
 	for _, c := range []struct {
