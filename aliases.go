@@ -95,7 +95,7 @@ func (t *aliasTable) each(fn func(name string, a alias)) {
 // states counts the aliases whose every address type c answers fresh, and those with a type it
 // answers stale, as a query would find them now: from the first target, in order, that has a
 // fresh entry, else from one that has an entry within the stale window.
-func (t *aliasTable) states(c *cache) (fresh, stale int) {
+func (t *aliasTable) states(c *cache) (fresh, stale, unresolved int) {
 	now := c.now()
 	var buf [1]*slot
 	t.each(func(_ string, a alias) {
@@ -115,9 +115,11 @@ func (t *aliasTable) states(c *cache) (fresh, stale int) {
 			fresh++
 		case anyStale:
 			stale++
+		default:
+			unresolved++
 		}
 	})
-	return fresh, stale
+	return fresh, stale, unresolved
 }
 
 // repin points every alias at pin(name) for each of its targets instead of the target parse

@@ -100,7 +100,7 @@ type collector struct {
 	// counters, by the tally field they read.
 	requests, hits, misses, stale, fallback, failover, upstream, refreshes, errors, probes *prometheus.Desc
 	// gauges
-	entries, ecsEntries, down, fresh, staleAliases *prometheus.Desc
+	entries, ecsEntries, down, fresh, staleAliases, unresolved *prometheus.Desc
 }
 
 func init() { prometheus.MustRegister(newCollector()) }
@@ -126,13 +126,14 @@ func newCollector() *collector {
 		down:         desc("health_down_addresses", "The number of target addresses marked down by health checks."),
 		fresh:        desc("aliases_fresh", "The number of configured aliases whose every address type is answered from a fresh cache entry."),
 		staleAliases: desc("aliases_stale", "The number of configured aliases with an address type answered stale: their targets fail to resolve."),
+		unresolved:   desc("aliases_unresolved", "The number of configured aliases with an address type that has neither a fresh nor a stale entry: answered with the zone's own records or SERVFAIL, or waiting for a resolution."),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.requests, c.hits, c.misses, c.stale, c.fallback, c.failover,
-		c.upstream, c.refreshes, c.errors, c.probes, c.entries, c.ecsEntries, c.down, c.fresh, c.staleAliases} {
+		c.upstream, c.refreshes, c.errors, c.probes, c.entries, c.ecsEntries, c.down, c.fresh, c.staleAliases, c.unresolved} {
 		ch <- d
 	}
 }
@@ -195,9 +196,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 				continue
 			}
 			seen[l] = true
-			fresh, stale := f.aliases.states(p.cache)
+			fresh, stale, unresolved := f.aliases.states(p.cache)
 			gauge(l, c.fresh, fresh)
 			gauge(l, c.staleAliases, stale)
+			gauge(l, c.unresolved, unresolved)
 		}
 		seen[p.cfg.labels] = true
 	}

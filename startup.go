@@ -82,8 +82,8 @@ func logTotals(fs []*Flatten) {
 	if self > 0 {
 		via = append(via, fmt.Sprintf("this server (%d blocks)", self))
 	}
-	log.Infof("%d server blocks flatten %d aliases to %d targets in %d pools, resolved through %s",
-		len(fs), aliases, targets, len(pools), strings.Join(via, " and "))
+	log.Infof("flatten %s: %d server blocks flatten %d aliases to %d targets in %d pools, resolved through %s",
+		FullVersion(), len(fs), aliases, targets, len(pools), strings.Join(via, " and "))
 }
 
 // findServer asks the block's own listeners for its zone's SOA, so that the query brings the

@@ -37,7 +37,7 @@ func TestSelfResolutionWithoutQueries(t *testing.T) {
 	waitFor(t, "the startup lines", func() bool {
 		return len(logged.lines("startup round done")) == 1
 	})
-	if got := logged.lines("server blocks flatten"); len(got) != 1 || !strings.Contains(got[0], "1 server blocks flatten 1 aliases to 1 targets in 1 pools, resolved through this server (1 blocks)") {
+	if got := logged.lines("server blocks flatten"); len(got) != 1 || !strings.Contains(got[0], "flatten "+FullVersion()+": 1 server blocks flatten 1 aliases to 1 targets in 1 pools, resolved through this server (1 blocks)") {
 		t.Errorf("totals logged as %q", got)
 	}
 	if got := logged.lines("startup round done"); !strings.Contains(got[0], "2 of 2 targets and types resolved, 0 failed") {

@@ -14,16 +14,22 @@
 //
 // Don't use COREDNS_PLUGINS for this. It appends the plugin after forward,
 // which is the wrong place.
+//
+// "coredns -version" prints the version of flatten in the binary on a line of
+// its own before CoreDNS's version lines; the release build stamps it with
+// -ldflags "-X github.com/flattendns/flatten.Version=VERSION".
 package main
 
 import (
+	"flag"
+	"fmt"
 	"slices"
 
 	"github.com/coredns/coredns/core/dnsserver"
 	_ "github.com/coredns/coredns/core/plugin" // all standard plugins
 	"github.com/coredns/coredns/coremain"
 
-	_ "github.com/flattendns/flatten"
+	"github.com/flattendns/flatten"
 )
 
 // anchor is the directive that flatten is inserted directly after.
@@ -40,4 +46,12 @@ func init() {
 	}
 }
 
-func main() { coremain.Run() }
+func main() {
+	// coremain registered its flags on flag.CommandLine; Run parses them again, to the same
+	// values, and prints CoreDNS's version lines and exits when -version is given.
+	flag.Parse()
+	if v := flag.Lookup("version"); v != nil && v.Value.String() == "true" {
+		fmt.Printf("flatten-%s\n", flatten.FullVersion())
+	}
+	coremain.Run()
+}
