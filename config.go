@@ -38,9 +38,11 @@ type config struct {
 	// startup round and the scheduled refresh of configured aliases.
 	refreshRate int
 
-	zoneAlias bool        // `zone_alias`
-	cnames    *cnameNames // `cname NAMES...`; nil without
-	ecs       *ecsConfig  // `ecs`; nil when off (ecs.go)
+	zoneAlias bool // `zone_alias`
+	// transferAlias is `transfer_alias`: zone transfers carry ALIAS records, not addresses.
+	transferAlias bool
+	cnames        *cnameNames // `cname NAMES...`; nil without
+	ecs           *ecsConfig  // `ecs`; nil when off (ecs.go)
 	// explainNets are the clients that may ask for _flatten.NAME TXT; nil without `explain`.
 	explainNets []netip.Prefix
 	health      *healthConfig // `health_check`; nil when off

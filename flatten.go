@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/metrics"
 	clog "github.com/coredns/coredns/plugin/pkg/log"
@@ -29,6 +30,9 @@ type Flatten struct {
 	// cache its aliases' targets are in, the way upstream, the health checker (pool.go).
 	pool        *pool
 	zoneAliases *zoneAliases // with `zone_alias`: the names known to hold ALIAS records
+	// server is the block's configuration, where OnStartup finds *transfer* (transfer.go).
+	server *dnsserver.Config
+	xfr    *xfr // with *transfer* in the block
 	// metadataOn is set once the *metadata* plugin has asked for our values (metadata.go).
 	metadataOn atomic.Bool
 	// last holds the tally of the listener that asked last (tallyFor).
@@ -61,6 +65,7 @@ func (f *Flatten) zoneOf(name string) string {
 // (pool.start).
 func (f *Flatten) OnStartup() error {
 	f.pool.start()
+	f.startTransfers()
 	log.Debugf("%s: %d aliases, %d targets in its pool, resolved through %s", f.cfg.labels.zones, f.aliases.len(), len(f.pool.cache.pins), f.via())
 	starting.Lock()
 	starting.fs = append(starting.fs, f)
@@ -83,6 +88,7 @@ func (f *Flatten) OnShutdown() error {
 	starting.Lock()
 	starting.fs = slices.DeleteFunc(starting.fs, func(g *Flatten) bool { return g == f })
 	starting.Unlock()
+	f.stopTransfers()
 	f.pool.stop()
 	return nil
 }
@@ -111,6 +117,12 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	if !isAddressQuery(r) {
 		if f.cfg.explainNets != nil && isExplainQuery(r) {
 			return f.explain(ctx, w, r)
+		}
+		if f.xfr != nil && r.Opcode == dns.OpcodeQuery && len(r.Question) == 1 && r.Question[0].Qtype == dns.TypeSOA {
+			if zone := plugin.Zones(f.cfg.zones).Matches(r.Question[0].Name); zone != "" {
+				// The serial that moves with the flattened addresses (transfer.go).
+				w = serialWriter{w, f, zone}
+			}
 		}
 		if r.Opcode == dns.OpcodeQuery && len(r.Question) == 1 {
 			if _, ok := f.aliases.get(r.Question[0].Name); ok {
@@ -144,6 +156,17 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 		return f.flattenCNAME(ctx, w, r, zone)
 	}
 	return plugin.NextOrFailure(f.Name(), f.Next, ctx, w, r)
+}
+
+// answerTTL is the TTL of an answer from e: the time it has left, bounded by ttlCap (an ALIAS
+// record's TTL, or the zone's part of a CNAME chain) but not below `ttl MIN`; a stale answer's
+// fixed TTL.
+func (f *Flatten) answerTTL(e *entry, src source, ttlCap uint32) uint32 {
+	ttl := f.pool.cache.ttl(e, src, f.pool.cache.now())
+	if src != srcStale {
+		ttl = min(ttl, max(ttlCap, f.cfg.ttlMin))
+	}
+	return ttl
 }
 
 // writeAddrs writes an authoritative answer of addrs under the question name, exactly as the
@@ -290,10 +313,7 @@ func (f *Flatten) offer(ctx context.Context, q *question, pk *picker, i int, s *
 // NODATA with the zone's SOA (RFC 2308 2.2), never NXDOMAIN: the name exists and owns the
 // zone's other records.
 func (f *Flatten) answer(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, zone string, e *entry, src source, ttlCap uint32) (int, error) {
-	ttl := f.pool.cache.ttl(e, src, f.pool.cache.now())
-	if src != srcStale {
-		ttl = min(ttl, max(ttlCap, f.cfg.ttlMin))
-	}
+	ttl := f.answerTTL(e, src, ttlCap)
 	m := authoritative(r)
 	if e.negative() {
 		if soa := f.zoneSOA(ctx, w, r, zone); soa != nil {

@@ -2,9 +2,7 @@ package flatten
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
-	"fmt"
 	"net"
 	"slices"
 	"strconv"
@@ -263,12 +261,11 @@ func fuzzUpstream() exchanger {
 
 // aliasRecord is an ALIAS record (TYPE65401) in the RFC 3597 generic form zone files hold it in.
 func aliasRecord(tb testing.TB, owner string, ttl int, target string) string {
-	buf := make([]byte, 256)
-	n, err := dns.PackDomainName(target, buf, 0, nil, false)
-	if err != nil {
-		tb.Fatal(err)
+	tb.Helper()
+	if _, ok := dns.IsDomainName(target); !ok || !dns.IsFqdn(target) {
+		tb.Fatalf("ALIAS target %q is not a fully qualified name", target)
 	}
-	return fmt.Sprintf(`%s %d IN TYPE65401 \# %d %s`, owner, ttl, n, hex.EncodeToString(buf[:n]))
+	return newALIAS(owner, target, uint32(ttl)).String()
 }
 
 // fuzzZoneText is example.org as the file plugin below flatten serves it in FuzzServeDNS: an

@@ -30,6 +30,7 @@ func setup(c *caddy.Controller) error {
 	}
 	f.cfg.labels.server = configServerLabel(dnsserver.GetConfig(c))
 	f.cfg.labels.view = dnsserver.GetConfig(c).ViewName
+	f.server = dnsserver.GetConfig(c)
 	joinPool(c.Context(), f)
 
 	c.OnStartup(f.OnStartup)
@@ -142,6 +143,9 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 				err = f.cfg.parseExplain(c)
 			case "health_check":
 				err = f.cfg.parseHealthCheck(c)
+			case "transfer_alias":
+				_, err = args(c, 0)
+				f.cfg.transferAlias = true
 			case "zone_alias":
 				_, err = args(c, 0)
 				f.cfg.zoneAlias = true
