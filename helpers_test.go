@@ -530,3 +530,10 @@ func (f *Flatten) build(resolve resolveFunc) {
 		f.zoneAliases = newZoneAliases(f.cfg.capacity)
 	}
 }
+
+// forget drops what the zones showed, as a restarted process would.
+func (v *zoneVersions) forget() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.m = map[string]*zoneVersion{}
+}
