@@ -61,6 +61,9 @@ func startSecondary(t *testing.T, kind string, primary int) *secondary {
 			}
 		}
 	}
+	if err != nil && os.Getenv("CI") != "" {
+		t.Fatalf("%s is not installed: .ci/run installs it", bin)
+	}
 	if err != nil {
 		t.Skipf("%s is not installed (apt-get install nsd bind9; .ci/run does)", bin)
 	}
