@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/coredns/caddy"
+	_ "github.com/coredns/coredns/plugin/secondary" // a CoreDNS secondary
 
 	"github.com/miekg/dns"
 )
@@ -331,5 +332,39 @@ func TestTransferManyNames(t *testing.T) {
 	// Every name has an A and an AAAA; the zone's own: ns1 and mail.
 	if want := 2*n + 2; addrs != want {
 		t.Errorf("%d address records, want %d", addrs, want)
+	}
+}
+
+// TestTransferAliasToFlatteningSecondary: with transfer_alias, a CoreDNS secondary (*secondary*)
+// that runs flatten with zone_alias gets the ALIAS records and answers the apex like the primary.
+func TestTransferAliasToFlatteningSecondary(t *testing.T) {
+	u := newFakeUpstream(t, "client1.agency.test. 300 IN A 192.0.2.10", "client1.agency.test. 300 IN AAAA 2001:db8::10")
+	port := freePort(t)
+	startCoreDNS(t, primaryCorefile(port, exampleZone(t), []string{"*"},
+		"alias @ client1.agency.test.", "transfer_alias", "upstream "+u.Addr))
+	sec, _ := startCoreDNS(t, fmt.Sprintf(`example.org:0 {
+	bind 127.0.0.1
+	flatten {
+		zone_alias
+		upstream %s
+	}
+	secondary {
+		transfer from 127.0.0.1:%d
+	}
+}
+`, u.Addr, port))
+	var m *dns.Msg
+	ok := waitUntil(10*time.Second, func() bool {
+		m = query(t, sec, "udp", "example.org.", dns.TypeA, 0)
+		return m.Rcode == dns.RcodeSuccess && len(m.Answer) == 1
+	})
+	if !ok {
+		t.Fatalf("the secondary's apex: %v", m)
+	}
+	checkAddrs(t, m, "example.org.", "192.0.2.10")
+	checkAddrs(t, query(t, sec, "udp", "example.org.", dns.TypeAAAA, 0), "example.org.", "2001:db8::10")
+	// It holds the ALIAS record, not addresses: it flattens itself.
+	if m := query(t, sec, "udp", "example.org.", typeALIAS, 0); len(m.Answer) != 1 {
+		t.Errorf("the secondary's apex ALIAS records: %v, want one", m.Answer)
 	}
 }
