@@ -36,12 +36,10 @@ const serialEpoch = 1767225600
 type xfr struct {
 	notifier *transfer.Transfer    // the block's *transfer*, which sends NOTIFY to its `to`
 	sources  []transfer.Transferer // the plugins below flatten that transfer zones, in order
-	stop     chan struct{}         // closed by OnShutdown: ends watch
-	done     chan struct{}         // closed when watch has ended
 }
 
 // startTransfers sets up the block's part in zone transfers, if *transfer* is in the block, and
-// starts watching its zones for changes of the flattened addresses.
+// has its zones watched for changes of the flattened addresses.
 func (f *Flatten) startTransfers() {
 	if f.server == nil {
 		return
@@ -50,48 +48,94 @@ func (f *Flatten) startTransfers() {
 	if !ok {
 		return
 	}
-	x := &xfr{notifier: t, stop: make(chan struct{}), done: make(chan struct{})}
+	x := &xfr{notifier: t}
 	for _, h := range f.server.Handlers() {
 		if src, ok := h.(transfer.Transferer); ok && h != plugin.Handler(f) {
 			x.sources = append(x.sources, src)
 		}
 	}
 	f.xfr = x
-	go f.watch(x)
+	watched.add(f)
 }
 
 // stopTransfers ends the watch of the block's zones.
 func (f *Flatten) stopTransfers() {
 	if f.xfr != nil {
-		close(f.xfr.stop)
-		<-f.xfr.done
+		watched.remove(f)
 	}
 }
 
-// watchInterval is how often a block looks at whether its zones' flattened addresses changed.
+// watchInterval is how often the zones with transfers are looked at for changes of their
+// flattened addresses.
 const watchInterval = time.Second
 
-// watch looks at the block's zones every second: when their flattened addresses (or their own
-// serial) changed, the serial moves, and secondaries are notified, at most once every `ttl MIN`
-// per zone however often addresses flap (the last change is notified when that time is up).
-func (f *Flatten) watch(x *xfr) {
-	defer close(x.done)
+// watched holds the blocks with transfers, whose zones one goroutine for the process looks at
+// every second (watch), while there are any.
+var watched watchList
+
+type watchList struct {
+	mu     sync.Mutex
+	blocks []*Flatten
+	stop   chan struct{} // closed to end the goroutine; nil when none runs
+	done   chan struct{} // closed when it has ended
+}
+
+func (l *watchList) add(f *Flatten) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.blocks = append(l.blocks, f)
+	if l.stop == nil {
+		l.stop, l.done = make(chan struct{}), make(chan struct{})
+		go l.watch(l.stop, l.done)
+	}
+}
+
+// remove takes f off the list; the last one out waits for the goroutine to end.
+func (l *watchList) remove(f *Flatten) {
+	l.mu.Lock()
+	l.blocks = slices.DeleteFunc(l.blocks, func(g *Flatten) bool { return g == f })
+	var done chan struct{}
+	if len(l.blocks) == 0 && l.stop != nil {
+		close(l.stop)
+		done, l.stop, l.done = l.done, nil, nil
+	}
+	l.mu.Unlock()
+	if done != nil {
+		<-done
+	}
+}
+
+// watch looks at the zones of the blocks every second: when their flattened addresses (or their
+// own serial) changed, the serial moves, and secondaries are notified, at most once every `ttl
+// MIN` per zone however often addresses flap (the last change is notified when that time is up).
+func (l *watchList) watch(stop, done chan struct{}) {
+	defer close(done)
 	t := time.NewTicker(watchInterval)
 	defer t.Stop()
 	for {
 		select {
-		case <-x.stop:
+		case <-stop:
 			return
 		case <-t.C:
 		}
-		for _, zone := range f.cfg.zones {
-			if _, err := f.version(zone, 0, true); err != nil {
-				continue
-			}
-			if versions.notifyDue(f.cfg.labels.server, zone, time.Now(), time.Duration(f.cfg.ttlMin)*time.Second) {
-				if err := x.notifier.Notify(zone); err != nil {
-					log.Warningf("%s: NOTIFY of its secondaries: %v", zone, err)
-				}
+		l.mu.Lock()
+		blocks := slices.Clone(l.blocks)
+		l.mu.Unlock()
+		for _, f := range blocks {
+			f.watchZones()
+		}
+	}
+}
+
+// watchZones brings the block's zones up to date, and notifies their secondaries when due.
+func (f *Flatten) watchZones() {
+	for _, zone := range f.cfg.zones {
+		if _, err := f.version(zone, 0, true); err != nil {
+			continue
+		}
+		if versions.notifyDue(f.cfg.labels.server, zone, time.Now(), time.Duration(f.cfg.ttlMin)*time.Second) {
+			if err := f.xfr.notifier.Notify(zone); err != nil {
+				log.Warningf("%s: NOTIFY of its secondaries: %v", zone, err)
 			}
 		}
 	}
