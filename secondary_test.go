@@ -97,6 +97,7 @@ zone:
 	zonefile: "%[1]s/example.org.zone"
 	request-xfr: AXFR 127.0.0.1@%[3]d NOKEY
 	allow-notify: 127.0.0.1 NOKEY
+	provide-xfr: 127.0.0.1 NOKEY
 `, dir, port, primary)
 		args = []string{"-d", "-c", filepath.Join(dir, "nsd.conf")}
 	case "named":
@@ -301,8 +302,9 @@ func TestSecondariesServeFlattenedAddresses(t *testing.T) {
 	change("192.0.2.88")
 }
 
-// TestTransferManyNames: a zone with 10,000 flattened names (ALIAS records) transfers whole.
-func TestTransferManyNames(t *testing.T) {
+// TestSecondaryManyNames: a zone with 10,000 flattened names (ALIAS records) reaches an NSD
+// secondary whole: every name with its A and AAAA.
+func TestSecondaryManyNames(t *testing.T) {
 	if testing.Short() {
 		t.Skip("10,000 names")
 	}
@@ -316,13 +318,13 @@ func TestTransferManyNames(t *testing.T) {
 		}
 		records = append(records, aliasRecord(t, fmt.Sprintf("n%d", i), 300, target))
 	}
-	srv, _ := startCoreDNS(t, transferCorefile(exampleZone(t, records...), "", "zone_alias", "upstream "+u.Addr))
-	start := time.Now()
-	rrs := axfr(t, srv, "example.org.", 0)
-	t.Logf("cold transfer of %d records: %v", len(rrs), time.Since(start))
-	start = time.Now()
-	rrs = axfr(t, srv, "example.org.", 0)
-	t.Logf("warm transfer of %d records: %v", len(rrs), time.Since(start))
+	port := freePort(t)
+	nsd := startSecondary(t, "nsd", port)
+	startCoreDNS(t, primaryCorefile(port, exampleZone(t, records...), []string{nsd.addr}, "zone_alias", "upstream "+u.Addr))
+	if !waitUntil(30*time.Second, func() bool { return len(nsd.addrsOf("n9999.example.org.", dns.TypeAAAA)) == 1 }) {
+		t.Fatalf("the secondary does not serve the zone: n9999 AAAA %v", nsd.addrsOf("n9999.example.org.", dns.TypeAAAA))
+	}
+	rrs := axfr(t, server{tcp: nsd.addr}, "example.org.", 0)
 	addrs := 0
 	for _, rr := range rrs {
 		if t := rr.Header().Rrtype; t == dns.TypeA || t == dns.TypeAAAA {
@@ -331,7 +333,32 @@ func TestTransferManyNames(t *testing.T) {
 	}
 	// Every name has an A and an AAAA; the zone's own: ns1 and mail.
 	if want := 2*n + 2; addrs != want {
-		t.Errorf("%d address records, want %d", addrs, want)
+		t.Errorf("the secondary holds %d address records, want %d", addrs, want)
+	}
+}
+
+// TestSecondaryWithFailingTargets: a dead target and one that does not exist hold up neither the
+// transfer nor the other names on the secondary: the dead target's name has the zone's own
+// address, the missing one's none, the apex its flattened one.
+func TestSecondaryWithFailingTargets(t *testing.T) {
+	u := newFakeUpstream(t, "client1.agency.test. 300 IN A 192.0.2.10")
+	u.handle("dead.agency.test.", func(dns.ResponseWriter, *dns.Msg) {}) // never answers
+	port := freePort(t)
+	nsd := startSecondary(t, "nsd", port)
+	startCoreDNS(t, primaryCorefile(port, exampleZone(t, "dead 300 IN A 192.0.2.97"), []string{nsd.addr},
+		"alias @ client1.agency.test.", "alias dead dead.agency.test.", "alias gone gone.agency.test.",
+		"upstream "+u.Addr, "timeout 1s"))
+	if !waitUntil(30*time.Second, func() bool { return slices.Equal(nsd.addrsOf("example.org.", dns.TypeA), []string{"192.0.2.10"}) }) {
+		t.Fatalf("the secondary's apex: %v, want 192.0.2.10", nsd.addrsOf("example.org.", dns.TypeA))
+	}
+	if got := nsd.addrsOf("dead.example.org.", dns.TypeA); !slices.Equal(got, []string{"192.0.2.97"}) {
+		t.Errorf("dead target on the secondary: %v, want the zone's own 192.0.2.97", got)
+	}
+	if r := nsd.ask("gone.example.org.", dns.TypeA); r == nil || len(r.Answer) != 0 {
+		t.Errorf("NXDOMAIN target on the secondary: %v, want no address", r)
+	}
+	if r := nsd.ask("example.org.", dns.TypeMX); r == nil || len(r.Answer) != 1 {
+		t.Errorf("MX on the secondary: %v, want the zone's", r)
 	}
 }
 
