@@ -157,7 +157,7 @@ func (f *Flatten) Transfer(zone string, serial uint32) (<-chan []dns.RR, error) 
 		return nil, err
 	}
 	names := f.flatNames(zone, rrs)
-	f.warm(names)
+	f.warm(names, false)
 	flat, sum := f.materialize(zone, names)
 	soa := dns.Copy(rrs[0]).(*dns.SOA)
 	soa.Serial = versions.update(f.cfg.labels.server, zone, soa.Serial, names, sum, time.Now())
@@ -180,8 +180,8 @@ func (f *Flatten) Transfer(zone string, serial uint32) (<-chan []dns.RR, error) 
 			continue // the last record; ours follows
 		case h.Rrtype == typeALIAS && !f.cfg.transferAlias:
 			continue
-		case (h.Rrtype == dns.TypeA || h.Rrtype == dns.TypeAAAA) && flatNamed[strings.ToLower(h.Name)] && !f.cfg.transferAlias:
-			continue // the zone's own addresses: the flattened ones stand in their place
+		case flatNamed[strings.ToLower(h.Name)] && isAddress(rr) && !f.cfg.transferAlias:
+			continue // the zone's own addresses (and their signatures): the flattened ones stand in their place
 		}
 		out = append(out, rr)
 	}
@@ -190,6 +190,15 @@ func (f *Flatten) Transfer(zone string, serial uint32) (<-chan []dns.RR, error) 
 	ch <- out
 	close(ch)
 	return ch, nil
+}
+
+// isAddress reports whether rr is an A or AAAA record, or a signature over either.
+func isAddress(rr dns.RR) bool {
+	t := rr.Header().Rrtype
+	if sig, ok := rr.(*dns.RRSIG); ok {
+		t = sig.TypeCovered
+	}
+	return t == dns.TypeA || t == dns.TypeAAAA
 }
 
 // zoneData returns the records of zone from the first plugin below flatten that transfers it,
@@ -270,8 +279,9 @@ func (f *Flatten) flatNames(zone string, rrs []dns.RR) []flatName {
 }
 
 // warm resolves, as a query would, the targets of names that have no fresh answer: all of them
-// together, at most `timeout` in all, at most warmers at a time.
-func (f *Flatten) warm(names []flatName) {
+// together, at most `timeout` in all, at most warmers at a time. For a transfer it is what a query
+// does; in the background (paced) each resolution waits its turn under `refresh_rate` first.
+func (f *Flatten) warm(names []flatName, paced bool) {
 	const warmers = 64
 	c := f.pool.cache
 	ctx, cancel := context.WithTimeout(context.Background(), f.cfg.timeout)
@@ -291,9 +301,18 @@ func (f *Flatten) warm(names []flatName) {
 					wg.Wait()
 					return
 				}
+				q := &question{key: s.key()}
+				if paced {
+					if c.limiter.Wait(ctx) != nil {
+						<-sem
+						wg.Wait()
+						return
+					}
+					q.pace = c.limiter
+				}
 				wg.Go(func() {
 					defer func() { <-sem }()
-					c.get(ctx, s, &question{key: s.key()})
+					c.get(ctx, s, q)
 				})
 			}
 		}
@@ -379,7 +398,7 @@ func (f *Flatten) version(zone string, zoneSerial uint32, warm bool) (uint32, er
 		names = f.flatNames(zone, rrs)
 	}
 	if warm {
-		f.warm(names)
+		f.warm(names, true)
 	}
 	_, sum := f.materialize(zone, names)
 	return versions.update(f.cfg.labels.server, zone, zoneSerial, names, sum, time.Now()), nil
