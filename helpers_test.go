@@ -47,7 +47,7 @@ type fakeUpstream struct {
 	udp, tcp *dns.Server
 }
 
-func newFakeUpstream(t *testing.T, records ...string) *fakeUpstream {
+func newFakeUpstream(t testing.TB, records ...string) *fakeUpstream {
 	t.Helper()
 	u := &fakeUpstream{
 		records:  map[string][]dns.RR{},
@@ -93,7 +93,7 @@ func (u *fakeUpstream) close() {
 }
 
 // add adds records in zone-file syntax.
-func (u *fakeUpstream) add(t *testing.T, records ...string) {
+func (u *fakeUpstream) add(t testing.TB, records ...string) {
 	t.Helper()
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -229,7 +229,7 @@ func mustRR(t testing.TB, s string) dns.RR {
 // startCoreDNS starts CoreDNS in-process with corefile (which should listen on 127.0.0.1 port 0)
 // and returns the address it listens on. `flatten` is placed right after `minimal`, as in
 // cmd/coredns. Everything is stopped, shutdown hooks included, when the test ends.
-func startCoreDNS(t *testing.T, corefile string) (server, *caddy.Instance) {
+func startCoreDNS(t testing.TB, corefile string) (server, *caddy.Instance) {
 	t.Helper()
 	inst := startReloadable(t, corefile)
 	t.Cleanup(func() { stopInstance(t, inst) })
@@ -240,7 +240,7 @@ func startCoreDNS(t *testing.T, corefile string) (server, *caddy.Instance) {
 // startReloadable starts CoreDNS for a test that restarts it (what the *reload* plugin does):
 // the caller stops the last instance, since a restarted one is gone and a cleanup of the first
 // would shut it down a second time.
-func startReloadable(t *testing.T, corefile string) *caddy.Instance {
+func startReloadable(t testing.TB, corefile string) *caddy.Instance {
 	t.Helper()
 	useFlattenDirective(t)
 	caddy.Quiet, dnsserver.Quiet = true, true
@@ -275,7 +275,7 @@ func startCoreDNSErr(t *testing.T, corefile string) error {
 	return err
 }
 
-func stopInstance(t *testing.T, inst *caddy.Instance) {
+func stopInstance(t testing.TB, inst *caddy.Instance) {
 	if err := errors.Join(append(inst.ShutdownCallbacks(), inst.Stop())...); err != nil {
 		t.Errorf("stopping CoreDNS: %v", err)
 	}
@@ -283,7 +283,7 @@ func stopInstance(t *testing.T, inst *caddy.Instance) {
 
 var directivesMu sync.Mutex
 
-func useFlattenDirective(t *testing.T) {
+func useFlattenDirective(t testing.TB) {
 	t.Helper()
 	directivesMu.Lock()
 	defer directivesMu.Unlock()
@@ -304,7 +304,7 @@ func useFlattenDirective(t *testing.T) {
 }
 
 // writeZone writes a zone file into a temporary directory and returns its path.
-func writeZone(t *testing.T, origin string, records ...string) string {
+func writeZone(t testing.TB, origin string, records ...string) string {
 	t.Helper()
 	body := "$ORIGIN " + origin + "\n" + strings.Join(records, "\n") + "\n"
 	p := filepath.Join(t.TempDir(), "db."+strings.TrimSuffix(origin, "."))
@@ -315,7 +315,7 @@ func writeZone(t *testing.T, origin string, records ...string) string {
 }
 
 // exampleZone is the zone most tests flatten in: apex with SOA, NS, MX and TXT but no address.
-func exampleZone(t *testing.T, extra ...string) string {
+func exampleZone(t testing.TB, extra ...string) string {
 	return writeZone(t, "example.org.", append([]string{
 		"@ 3600 IN SOA ns1.example.org. hostmaster.example.org. 2026112201 7200 3600 1209600 300",
 		"@ 3600 IN NS ns1.example.org.",
