@@ -14,9 +14,9 @@ import (
 )
 
 // What happens once a CoreDNS instance's servers listen (caddy's instance startup event, after
-// every block's OnStartup, at start and at each reload): the totals are logged, blocks that
-// resolve through this server find it by asking their own listener, and the end of the startup
-// round is logged.
+// every block's OnStartup, at start and at each reload): the totals are logged, the zones with
+// transfers are watched, blocks that resolve through this server find it by asking their own
+// listener, and the end of the startup round is logged.
 func init() { caddy.RegisterEventHook("flatten", instanceStarted) }
 
 // starting holds the instances started (OnStartup) since the last instance startup event.
@@ -38,6 +38,11 @@ func instanceStarted(event caddy.EventName, info any) error {
 		return nil
 	}
 	logTotals(fs)
+	for _, f := range fs {
+		if f.xfr != nil {
+			watched.add(f)
+		}
+	}
 	var listeners []net.Addr
 	for _, sl := range inst.Servers() {
 		if a := sl.LocalAddr(); a != nil {

@@ -3,6 +3,7 @@ package flatten
 import (
 	"context"
 	"encoding/hex"
+	"fmt"
 	"hash/fnv"
 	"math"
 	"slices"
@@ -38,8 +39,9 @@ type xfr struct {
 	sources  []transfer.Transferer // the plugins below flatten that transfer zones, in order
 }
 
-// startTransfers sets up the block's part in zone transfers, if *transfer* is in the block, and
-// has its zones watched for changes of the flattened addresses.
+// startTransfers sets up the block's part in zone transfers, if *transfer* is in the block. Its
+// zones are watched for changes of the flattened addresses once the instance has started
+// (instanceStarted): the watch asks the plugins below, whose own OnStartup may not have run yet.
 func (f *Flatten) startTransfers() {
 	if f.server == nil {
 		return
@@ -55,7 +57,6 @@ func (f *Flatten) startTransfers() {
 		}
 	}
 	f.xfr = x
-	watched.add(f)
 }
 
 // stopTransfers ends the watch of the block's zones.
@@ -133,7 +134,7 @@ func (f *Flatten) watchZones() {
 		if _, err := f.version(zone, 0, true); err != nil {
 			continue
 		}
-		if versions.notifyDue(f.cfg.labels.server, zone, time.Now(), time.Duration(f.cfg.ttlMin)*time.Second) {
+		if versions.notifyDue(f.zoneKey(zone), time.Now(), time.Duration(f.cfg.ttlMin)*time.Second) {
 			if err := f.xfr.notifier.Notify(zone); err != nil {
 				log.Warningf("%s: NOTIFY of its secondaries: %v", zone, err)
 			}
@@ -160,7 +161,7 @@ func (f *Flatten) Transfer(zone string, serial uint32) (<-chan []dns.RR, error) 
 	f.warm(names, false)
 	flat, sum := f.materialize(zone, names)
 	soa := dns.Copy(rrs[0]).(*dns.SOA)
-	soa.Serial = versions.update(f.cfg.labels.server, zone, soa.Serial, names, sum, time.Now())
+	soa.Serial = versions.update(f.zoneKey(zone), soa.Serial, names, sum, time.Now())
 
 	ch := make(chan []dns.RR, 1)
 	if serial != 0 && !serialLess(serial, soa.Serial) {
@@ -225,7 +226,13 @@ func (f *Flatten) zoneData(zone string) ([]dns.RR, error) {
 }
 
 func errNoZoneData(zone string) error {
-	return &resolveError{dns.ExtendedErrorCodeNotReady, reasonNoServer, "no zone data for " + zone + " below flatten"}
+	return fmt.Errorf("no zone data for %s below flatten", zone)
+}
+
+// zoneKey names zone as the block serves it, for versions: a zone is served once per listener
+// and view.
+func (f *Flatten) zoneKey(zone string) string {
+	return f.cfg.labels.server + " " + f.cfg.labels.view + " " + zone
 }
 
 // flatName is a flattened name of a zone, and what its addresses come from: the slots of its
@@ -388,7 +395,7 @@ func (f *Flatten) version(zone string, zoneSerial uint32, warm bool) (uint32, er
 		}
 		zoneSerial = soa.Serial
 	}
-	names, ok := versions.names(f.cfg.labels.server, zone, zoneSerial)
+	names, ok := versions.names(f.zoneKey(zone), zoneSerial)
 	if !ok {
 		rrs, err := f.zoneData(zone)
 		if err != nil {
@@ -401,7 +408,7 @@ func (f *Flatten) version(zone string, zoneSerial uint32, warm bool) (uint32, er
 		f.warm(names, true)
 	}
 	_, sum := f.materialize(zone, names)
-	return versions.update(f.cfg.labels.server, zone, zoneSerial, names, sum, time.Now()), nil
+	return versions.update(f.zoneKey(zone), zoneSerial, names, sum, time.Now()), nil
 }
 
 // serialWriter shows a flattened zone's serial in the SOA records of answers from the zone.
@@ -434,7 +441,7 @@ func (w serialWriter) WriteMsg(m *dns.Msg) error {
 	return w.ResponseWriter.WriteMsg(m)
 }
 
-// versions holds what each flattened zone with transfers shows, by listener and zone, for the
+// versions holds what each flattened zone with transfers shows, by zoneKey, for the
 // life of the process: a reloaded block goes on from its serial.
 var versions = zoneVersions{m: map[string]*zoneVersion{}}
 
@@ -454,11 +461,11 @@ type zoneVersion struct {
 	notifiedAt time.Time
 }
 
-// names returns the flattened names of zone read at zoneSerial, if they are known.
-func (v *zoneVersions) names(server, zone string, zoneSerial uint32) ([]flatName, bool) {
+// names returns the flattened names of the zone (by zoneKey) read at zoneSerial, if they are known.
+func (v *zoneVersions) names(key string, zoneSerial uint32) ([]flatName, bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	z := v.m[server+" "+zone]
+	z := v.m[key]
 	if z == nil || z.zoneSerial != zoneSerial || z.names == nil {
 		return nil, false
 	}
@@ -471,10 +478,9 @@ func (v *zoneVersions) names(server, zone string, zoneSerial uint32) ([]flatName
 // addresses, and never goes back, across reloads (kept here) and restarts (the clock has moved
 // on since the last change). It moves at most once a second: a change within the second of the
 // last one is taken the next second.
-func (v *zoneVersions) update(server, zone string, zoneSerial uint32, names []flatName, sum uint64, now time.Time) uint32 {
+func (v *zoneVersions) update(key string, zoneSerial uint32, names []flatName, sum uint64, now time.Time) uint32 {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	key := server + " " + zone
 	z := v.m[key]
 	secs := now.Unix() - serialEpoch
 	if z == nil {
@@ -499,10 +505,10 @@ func (v *zoneVersions) update(server, zone string, zoneSerial uint32, names []fl
 
 // notifyDue reports whether the secondaries of zone are to be told of its serial now: it moved
 // since they were last told, and that was at least every ago. It then records them told.
-func (v *zoneVersions) notifyDue(server, zone string, now time.Time, every time.Duration) bool {
+func (v *zoneVersions) notifyDue(key string, now time.Time, every time.Duration) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	z := v.m[server+" "+zone]
+	z := v.m[key]
 	if z == nil || z.notified == z.serial || now.Sub(z.notifiedAt) < every {
 		return false
 	}

@@ -242,28 +242,28 @@ func TestSerialArithmetic(t *testing.T) {
 func TestZoneVersions(t *testing.T) {
 	v := zoneVersions{m: map[string]*zoneVersion{}}
 	t0 := time.Unix(serialEpoch+1000, 0)
-	s := v.update("srv", "z.", 100, nil, 1, t0)
+	s := v.update("srv z.", 100, nil, 1, t0)
 	if s != 1100 {
 		t.Fatalf("first serial %d, want 1100", s)
 	}
-	if got := v.update("srv", "z.", 100, nil, 1, t0.Add(5*time.Second)); got != s {
+	if got := v.update("srv z.", 100, nil, 1, t0.Add(5*time.Second)); got != s {
 		t.Errorf("nothing changed: %d, want %d", got, s)
 	}
-	if got := v.update("srv", "z.", 100, nil, 2, t0.Add(500*time.Millisecond)); got != s {
+	if got := v.update("srv z.", 100, nil, 2, t0.Add(500*time.Millisecond)); got != s {
 		t.Errorf("a change within the second of the last: %d, want %d until the next second", got, s)
 	}
-	if got := v.update("srv", "z.", 100, nil, 2, t0.Add(7*time.Second)); got != 1107 {
+	if got := v.update("srv z.", 100, nil, 2, t0.Add(7*time.Second)); got != 1107 {
 		t.Errorf("addresses changed: %d, want 1107", got)
 	}
-	if got := v.update("srv", "z.", 101, nil, 2, t0.Add(8*time.Second)); got != 1109 {
+	if got := v.update("srv z.", 101, nil, 2, t0.Add(8*time.Second)); got != 1109 {
 		t.Errorf("the zone's serial moved: %d, want 1109", got)
 	}
-	if got := v.update("srv", "z.", 50, nil, 2, t0.Add(9*time.Second)); got != 1110 {
+	if got := v.update("srv z.", 50, nil, 2, t0.Add(9*time.Second)); got != 1110 {
 		t.Errorf("the zone's serial went back: %d, want 1110 (never back)", got)
 	}
 	// A restart: a new process knows nothing, and the clock has moved on.
 	fresh := zoneVersions{m: map[string]*zoneVersion{}}
-	if got := fresh.update("srv", "z.", 101, nil, 3, t0.Add(20*time.Second)); !serialLess(1110, got) {
+	if got := fresh.update("srv z.", 101, nil, 3, t0.Add(20*time.Second)); !serialLess(1110, got) {
 		t.Errorf("after a restart: %d, want above 1110", got)
 	}
 }
