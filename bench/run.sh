@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of flatten against what users would run instead. One command:
 #
-#   bench/run.sh                 # the full run (about 16 minutes on 2 cores); writes bench/RESULTS.md
+#   bench/run.sh                 # the full run (about 17 minutes on 2 cores); writes bench/RESULTS.md
 #   QUICK=1 bench/run.sh         # about 4 minutes: checks the script, numbers not worth quoting
 #
-# It installs dnsperf, pdns-server, pdns-backend-bind and pdns-recursor from Debian if they are
+# It installs dnsperf, pdns-server, pdns-backend-bind, pdns-recursor and nsd from Debian if they are
 # missing (without letting the packages start their services), builds cmd/coredns into
 # bench/out/coredns and the helpers (bench/target, bench/herd, bench/harness) into bench/out/bin,
 # and runs bench/harness, which starts every server on 127.0.0.1 on its own port, pinned to one
@@ -22,8 +22,10 @@
 # Also: the cold path (upstream COLD_DELAY away), a thundering herd (HERD_N concurrent first
 # queries), ALIASES configured aliases (startup, upstream rate, memory, hit-path QPS), BLOCKS
 # server blocks on one listener, each with its own flatten (memory and startup against the same
-# Corefile without flatten, upstream rate, QPS), and the Go benchmarks of the plugin
-# (bench_test.go) pinned to the server core.
+# Corefile without flatten, upstream rate, QPS), zone transfers (how long an NSD secondary of a
+# flattened zone takes to serve new addresses after the target changes, over XFR_CHANGES changes;
+# two AXFRs of a zone of XFR_NAMES ALIAS records, with the primary's memory), and the Go
+# benchmarks of the plugin (bench_test.go) pinned to the server core.
 #
 # Settings (environment):
 #   ROUNDS=5         rounds alternating between rows (at least 3); medians are reported
@@ -42,13 +44,15 @@
 #                    (the run then reports what it measured and ends with an error)
 #   COLD_DELAY=20ms  the fake target's delay for the cold path and the herd; COLD_REPS=5 repetitions
 #   HERD_N=1000      queries in the herd
+#   XFR_CHANGES=10   address changes of the transfer case; XFR_NAMES=10000 ALIAS records of its
+#                    big zone (about a minute in all)
 #   GOBENCH_COUNT=5  -count of the Go benchmarks
 #   SERVER_CPU=0 LOAD_CPU=1     the cores
 #   FOREIGN_MAX=10   the machine may be shared: each run first waits up to QUIET_WAIT=10 seconds
 #                    for both cores to be under FOREIGN_MAX% busy, and a run during which other
 #                    processes took more than FOREIGN_MAX% of either core is repeated up to
 #                    RETRIES=2 times; all waits and repeats together stop after EXTRA_BUDGET=180 s
-#   PHASES=rows,cold,herd,big,blocks,gobench   which parts to run
+#   PHASES=rows,cold,herd,big,blocks,transfer,gobench   which parts to run
 #   QUICK=1          ROUNDS=3 DURATION=2 ALIASES=10000 BLOCKS=1000 BLOCKS_TIMEOUT=180
 #                    GOBENCH_COUNT=1 COLD_REPS=3 RETRIES=1 QUIET_WAIT=2 EXTRA_BUDGET=20 unless set
 #   RESULTS=bench/RESULTS.md    where the table goes
@@ -72,9 +76,11 @@ command -v pdns_server >/dev/null 2>&1 || need_pkgs+=(pdns-server)
 dpkg-query -W -f='${Status}' pdns-backend-bind 2>/dev/null | grep -q "install ok installed" || need_pkgs+=(pdns-backend-bind)
 command -v pdns_recursor >/dev/null 2>&1 || need_pkgs+=(pdns-recursor)
 command -v taskset >/dev/null 2>&1 || need_pkgs+=(util-linux)
+# The secondary of the transfer case; Debian puts it in /usr/sbin, which not every PATH has.
+[ -x /usr/sbin/nsd ] || command -v nsd >/dev/null 2>&1 || need_pkgs+=(nsd)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
 	log "installing ${need_pkgs[*]}"
-	# Debian's maintainer scripts start pdns and pdns-recursor as services (on port 53, for
+	# Debian's maintainer scripts start pdns, pdns-recursor and nsd as services (on port 53, for
 	# every address). policy-rc.d answering 101 ("action forbidden") stops invoke-rc.d and
 	# deb-systemd-invoke from starting anything; one that already exists is left as it is.
 	made_policy=""
@@ -91,7 +97,7 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
 	# Where systemd runs, keep the units this install added from starting at boot (and stop
 	# them, should anything have started them).
 	if [ -d /run/systemd/system ]; then
-		systemctl disable --now pdns.service pdns-recursor.service 2>/dev/null || true
+		systemctl disable --now pdns.service pdns-recursor.service nsd.service 2>/dev/null || true
 	fi
 fi
 

@@ -1,8 +1,9 @@
 // Command harness runs the side-by-side benchmark of bench/run.sh (which builds it, installs
 // what it needs and explains the settings): flatten against CoreDNS's file and cache plugins,
 // PowerDNS ALIAS and the limit of CoreDNS (its erratic plugin), plus the cold path, a thundering
-// herd, 100,000 configured aliases and 10,000 server blocks on one listener. Every
-// server listens on 127.0.0.1 only, pinned to one core; the load generators run on the other.
+// herd, 100,000 configured aliases, 10,000 server blocks on one listener and zone transfers to
+// an NSD secondary. Every server listens on 127.0.0.1 only, pinned to one core; the load
+// generators run on the other.
 // It writes the results to RESULTS (markdown) and OUT/results.json, and raw output under OUT.
 package main
 
@@ -39,6 +40,8 @@ type config struct {
 	ColdDelay     string        `json:"cold_delay"`
 	ColdReps      int           `json:"cold_reps"`
 	HerdN         int           `json:"herd_n"`
+	XfrChanges    int           `json:"xfr_changes"` // address changes of the transfer case
+	XfrNames      int           `json:"xfr_names"`   // ALIAS records of its big.test
 	ServerCPU     int           `json:"server_cpu"`
 	LoadCPU       int           `json:"load_cpu"`
 	Phases        string        `json:"phases"`
@@ -103,13 +106,15 @@ func loadConfig() config {
 	c.ColdDelay = envStr("COLD_DELAY", "20ms")
 	c.ColdReps = env("COLD_REPS", pick(5, 3))
 	c.HerdN = env("HERD_N", 1000)
+	c.XfrChanges = env("XFR_CHANGES", 10)
+	c.XfrNames = env("XFR_NAMES", 10000)
 	c.ServerCPU = env("SERVER_CPU", 0)
 	c.LoadCPU = env("LOAD_CPU", 1)
 	c.ForeignMax = float64(env("FOREIGN_MAX", 10)) / 100
 	c.Retries = env("RETRIES", pick(2, 1))
 	c.QuietWait = time.Duration(env("QUIET_WAIT", pick(10, 2))) * time.Second
 	c.ExtraBudget = time.Duration(env("EXTRA_BUDGET", pick(180, 20))) * time.Second
-	c.Phases = envStr("PHASES", "rows,cold,herd,big,blocks,gobench")
+	c.Phases = envStr("PHASES", "rows,cold,herd,big,blocks,transfer,gobench")
 	c.GoBenchCount = env("GOBENCH_COUNT", pick(5, 1))
 	c.Out = envStr("OUT", "bench/out")
 	c.Results = envStr("RESULTS", "bench/RESULTS.md")
@@ -120,6 +125,10 @@ func loadConfig() config {
 	c.RepoRoot = envStr("REPO", ".")
 	if c.Rounds < 3 {
 		fmt.Fprintln(os.Stderr, "harness: ROUNDS must be at least 3 (medians of alternating rounds)")
+		os.Exit(2)
+	}
+	if c.XfrChanges < 1 || c.XfrNames < 1 {
+		fmt.Fprintln(os.Stderr, "harness: XFR_CHANGES and XFR_NAMES must be at least 1")
 		os.Exit(2)
 	}
 	if c.BlocksRounds < 1 {
@@ -143,18 +152,19 @@ type harness struct {
 
 // results is everything measured, written to results.json and rendered to RESULTS.md.
 type results struct {
-	Config       config        `json:"config"`
-	Started      time.Time     `json:"started"`
-	Finished     time.Time     `json:"finished"`
-	Versions     []kv          `json:"versions"`
-	Machine      []kv          `json:"machine"`
-	Rows         *rowsResult   `json:"rows,omitempty"`
-	Cold         []coldResult  `json:"cold,omitempty"`
-	Herd         []herdResult  `json:"herd,omitempty"`
-	Big          *bigResult    `json:"big,omitempty"`
-	Blocks       *blocksResult `json:"blocks,omitempty"`
-	GoBench      []goBench     `json:"go_bench,omitempty"`
-	GoBenchCount int           `json:"go_bench_count,omitempty"`
+	Config       config          `json:"config"`
+	Started      time.Time       `json:"started"`
+	Finished     time.Time       `json:"finished"`
+	Versions     []kv            `json:"versions"`
+	Machine      []kv            `json:"machine"`
+	Rows         *rowsResult     `json:"rows,omitempty"`
+	Cold         []coldResult    `json:"cold,omitempty"`
+	Herd         []herdResult    `json:"herd,omitempty"`
+	Big          *bigResult      `json:"big,omitempty"`
+	Blocks       *blocksResult   `json:"blocks,omitempty"`
+	Transfer     *transferResult `json:"transfer,omitempty"`
+	GoBench      []goBench       `json:"go_bench,omitempty"`
+	GoBenchCount int             `json:"go_bench_count,omitempty"`
 }
 
 type kv struct {
@@ -254,6 +264,18 @@ func (h *harness) run() error {
 			failed = fmt.Errorf("%d server blocks: %s (the results so far are in %s)", h.cfg.Blocks, r.Error, h.cfg.Results)
 		}
 	}
+	// Likewise a transfer case whose change did not reach a server in time.
+	if h.phase("transfer") {
+		r, err := h.transfer(h.cfg.XfrChanges, h.cfg.XfrNames)
+		h.procs.stopAll()
+		if err != nil {
+			return fmt.Errorf("zone transfers: %w", err)
+		}
+		h.res.Transfer = r
+		if r.Error != "" && failed == nil {
+			failed = fmt.Errorf("zone transfers: %s (the results so far are in %s)", r.Error, h.cfg.Results)
+		}
+	}
 	if h.phase("gobench") {
 		h.res.GoBenchCount = h.cfg.GoBenchCount
 		r, err := h.gobench(h.cfg.GoBenchCount)
@@ -339,6 +361,9 @@ func (h *harness) versions() []kv {
 			}
 		}
 		v = append(v, kv{p.name, val})
+	}
+	if h.phase("transfer") {
+		v = append(v, kv{"NSD (the secondary of the transfer case)", firstLine(output(nsdPath(), "-v")) + "; Debian nsd " + strings.TrimSpace(output("dpkg-query", "-W", "-f=${Version}", "nsd"))})
 	}
 	v = append(v, kv{"Go", runtime.Version()})
 	return v

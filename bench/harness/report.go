@@ -79,6 +79,9 @@ func render(r *results) string {
 	if g := r.Blocks; g != nil {
 		renderBlocks(&b, r, g)
 	}
+	if g := r.Transfer; g != nil {
+		renderTransfer(&b, r, g)
+	}
 	if len(r.GoBench) > 0 {
 		p("## Go benchmarks (one `go test -bench` run, pinned to the server core, GOMAXPROCS=1)\n\n")
 		p("| benchmark | ns/op (median of %d) | B/op | allocs/op |\n|---|---|---|---|\n", r.GoBenchCount)
@@ -335,6 +338,9 @@ func renderTargets(b *strings.Builder, r *results) {
 		}
 		t = append(t, goal{fmt.Sprintf("%d blocks: upstream questions in any 1 s during startup", g.Blocks), "<= 1000 (refresh_rate)", got, met})
 	}
+	if g := r.Transfer; g != nil {
+		t = append(t, transferGoals(g, yes)...)
+	}
 	if hit, cache, ok := r.goBench("BenchmarkFlattenHit"), r.goBench("BenchmarkCachePluginHit"), len(r.GoBench) > 0; ok && hit != nil && cache != nil {
 		t = append(t,
 			goal{"Go benchmark: flatten hit vs cache plugin hit, ns/op", "<= cache", fmt.Sprintf("%.0f vs %.0f", hit.NsOp, cache.NsOp), yes(hit.NsOp <= cache.NsOp)},
@@ -428,4 +434,56 @@ func countsText(m map[string]int) string {
 		parts = append(parts, fmt.Sprintf("%s = %d", k, m[k]))
 	}
 	return strings.Join(parts, ", ")
+}
+
+func renderTransfer(b *strings.Builder, r *results, g *transferResult) {
+	p := func(format string, a ...any) { fmt.Fprintf(b, format, a...) }
+	c := r.Config
+	p("## Zone transfers\n\n")
+	p("**Propagation.** A target CoreDNS (*file*, `reload 1s`) serves client1.agency.test CNAME server1.agency.test and server1's A, TTL %d s. The primary, a CoreDNS with `flatten { alias @ client1.agency.test; ttl %d %d }`, `file` and `transfer { to NSD }`, serves example.test; %s is its secondary (`request-xfr` from the primary, `allow-notify` from 127.0.0.1; the SOA refresh, 7200 s, is longer than the case, so only NOTIFY brings a change). NSD served the zone %.1f s after its exec. Then %d times, after a random pause of 0-1 s (so that changes do not fall at the same point of the reload and watch ticks): the target's zone file is rewritten with a new address for server1 and a higher serial (t0), the primary's apex A is polled every 10 ms until it has the new address (t1), then NSD's (t2). t1 - t0 is the primary learning it (bound by *file*'s reload tick, 1 s, and the TTL, %d s); t2 - t1 is the secondary following the primary (flatten's watch tick, NOTIFY, NSD's IXFR/AXFR and reload). All servers pinned to core %d, CoreDNS with GOMAXPROCS=1.\n\n",
+		xfrTargetTTL, xfrTTLMin, xfrTargetTTL, g.NSD, g.FirstSyncSecs, c.XfrChanges, xfrTargetTTL, c.ServerCPU)
+	if g.Error != "" {
+		p("**Not complete: %s.** The changes measured until then are below.\n\n", g.Error)
+	}
+	p("| change | new address | primary: t1 - t0 | secondary: t2 - t1 | in all: t2 - t0 | NSD's SOA serial before -> after |\n|---|---|---|---|---|---|\n")
+	for i, x := range g.Changes {
+		higher := ""
+		if x.SerialAfter <= x.SerialBefore {
+			higher = " (**not higher**)"
+		}
+		p("| %d | %s | %.2f s | %.2f s | %.2f s | %d -> %d%s |\n", i+1, x.Address, x.PrimarySecs, x.SecondarySecs, x.TotalSecs, x.SerialBefore, x.SerialAfter, higher)
+	}
+	if len(g.Changes) > 0 {
+		p("| median | | %.2f s | %.2f s | %.2f s | |\n", g.PrimaryMedian, g.SecondaryMedian, g.TotalMedian)
+		p("| max | | %.2f s | %.2f s | %.2f s | |\n", g.PrimaryMax, g.SecondaryMax, g.TotalMax)
+	}
+	p("\n**A zone with %d flattened names.** A second primary (its own CoreDNS process, same binary and core) serves big.test: `flatten { zone_alias; upstream TARGET }`, `file` of a zone with %d ALIAS records `nN 300 IN TYPE65401 \\# ...` (RFC 3597 form) pointing at %d names sK.agency.test of the target, each with A and AAAA (TTL 300), and `transfer { to * }`. Once it answered the first and the last name (%.1f s after its exec), the harness (on core %d) transferred the zone twice by AXFR over TCP (miekg/dns Transfer.In), counting every record.\n\n",
+		g.Names, g.Names, g.Targets, g.StartupSecs, c.LoadCPU)
+	p("| measure | value |\n|---|---|\n")
+	p("| records in the first AXFR (both SOAs included) | %d (%s) |\n", g.Records, countsText(g.ByType))
+	p("| A and AAAA at the flattened names | %d (expected %d) |\n", g.Flattened, 2*g.Names)
+	p("| first AXFR, request to last record | %.2f s |\n", g.FirstSecs)
+	p("| second AXFR (%d records) | %.2f s |\n", g.Second, g.SecondSecs)
+	p("| VmRSS before the first AXFR / after the second (VmHWM then) | %s / %s (%s) |\n\n", mbText(g.RSSBeforeKB), mbText(g.RSSAfterKB), mbText(g.HWMAfterKB))
+}
+
+// transferGoals are the transfer case's rows of the targets table.
+func transferGoals(g *transferResult, yes func(bool) string) []goal {
+	var t []goal
+	n := len(g.Changes)
+	if n > 0 {
+		got := fmt.Sprintf("max %.2f s, median %.2f s (%d changes)", g.SecondaryMax, g.SecondaryMedian, n)
+		met := yes(g.SecondaryMax <= xfrGoal)
+		if g.Error != "" {
+			got += "; " + g.Error
+			met = yes(false)
+		}
+		t = append(t,
+			goal{"NSD secondary serves new flattened addresses after the primary (t2 - t1)", fmt.Sprintf("<= ttl MIN + 2 s = %d s", xfrGoal), got, met},
+			goal{"NSD's SOA serial after each change", "higher than before", fmt.Sprintf("higher after %d of %d", g.SerialsUp, n), yes(g.SerialsUp == n && g.Error == "")})
+	}
+	if g.Records > 0 {
+		t = append(t, goal{fmt.Sprintf("AXFR of a zone with %d flattened names: their A and AAAA", g.Names), strconv.Itoa(2 * g.Names), strconv.Itoa(g.Flattened), yes(g.Flattened == 2*g.Names)})
+	}
+	return t
 }
