@@ -310,14 +310,7 @@ func TestSecondaryManyNames(t *testing.T) {
 	}
 	const n = 10000
 	u := newFakeUpstream(t)
-	var records []string
-	for i := range n {
-		target := fmt.Sprintf("t%d.agency.test.", i%256)
-		if i < 256 {
-			u.add(t, fmt.Sprintf("%s 3600 IN A 192.0.2.%d", target, i), fmt.Sprintf("%s 3600 IN AAAA 2001:db8::%x", target, i))
-		}
-		records = append(records, aliasRecord(t, fmt.Sprintf("n%d", i), 300, target))
-	}
+	records := manyALIAS(t, u, n)
 	port := freePort(t)
 	nsd := startSecondary(t, "nsd", port)
 	startCoreDNS(t, primaryCorefile(port, exampleZone(t, records...), []string{nsd.addr}, "zone_alias", "upstream "+u.Addr))

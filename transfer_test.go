@@ -271,21 +271,61 @@ func TestZoneVersions(t *testing.T) {
 // BenchmarkWatchZone is what the watch does each second for a zone of 10,000 flattened names
 // (ALIAS records over 256 targets), all fresh: its SOA, and each name's answers from the cache.
 func BenchmarkWatchZone(b *testing.B) {
-	const n = 10000
 	u := newFakeUpstream(b)
-	var records []string
-	for i := range n {
-		target := fmt.Sprintf("t%d.agency.test.", i%256)
-		if i < 256 {
-			u.add(b, fmt.Sprintf("%s 3600 IN A 192.0.2.%d", target, i), fmt.Sprintf("%s 3600 IN AAAA 2001:db8::%x", target, i))
-		}
-		records = append(records, aliasRecord(b, fmt.Sprintf("n%d", i), 300, target))
-	}
-	srv, _ := startCoreDNS(b, transferCorefile(exampleZone(b, records...), "", "zone_alias", "upstream "+u.Addr))
+	srv, _ := startCoreDNS(b, transferCorefile(exampleZone(b, manyALIAS(b, u, 10000)...), "", "zone_alias", "upstream "+u.Addr))
 	axfr(b, srv, "example.org.", 0) // resolves every target
 	f := block("example.org.")
 	b.ResetTimer()
 	for b.Loop() {
 		f.watchZones()
+	}
+}
+
+// manyALIAS returns n ALIAS records nN to 256 targets tK.agency.test, which u answers with an A
+// and an AAAA each.
+func manyALIAS(tb testing.TB, u *fakeUpstream, n int) []string {
+	var records []string
+	for i := range n {
+		target := fmt.Sprintf("t%d.agency.test.", i%256)
+		if i < 256 {
+			u.add(tb, fmt.Sprintf("%s 3600 IN A 192.0.2.%d", target, i), fmt.Sprintf("%s 3600 IN AAAA 2001:db8::%x", target, i))
+		}
+		records = append(records, aliasRecord(tb, fmt.Sprintf("n%d", i), 300, target))
+	}
+	return records
+}
+
+// TestNotifyRateLimit: secondaries are told of a new serial at once, then at most once per
+// interval however often the serial moves, and the last serial is told when the interval is up;
+// the first serial shown is not told (the zone's plugin notified its load).
+func TestNotifyRateLimit(t *testing.T) {
+	v := zoneVersions{m: map[string]*zoneVersion{}}
+	t0 := time.Unix(serialEpoch+1000, 0)
+	const every = 5 * time.Second
+	v.update("k", 100, nil, 1, t0)
+	if v.notifyDue("k", t0, every) {
+		t.Errorf("the first serial was notified")
+	}
+	var told []time.Duration
+	for i := 1; i <= 12; i++ { // the addresses flap every second
+		now := t0.Add(time.Duration(i) * time.Second)
+		v.update("k", 100, nil, uint64(i%2+2), now)
+		if v.notifyDue("k", now, every) {
+			told = append(told, now.Sub(t0))
+		}
+	}
+	if want := []time.Duration{5 * time.Second, 10 * time.Second}; !slices.Equal(told, want) {
+		t.Errorf("notified at %v, want %v", told, want)
+	}
+	// The flapping stops: the last serial is told once the interval is up, and only once.
+	last := t0.Add(12 * time.Second)
+	if v.notifyDue("k", last.Add(time.Second), every) {
+		t.Errorf("notified again before the interval was up")
+	}
+	if !v.notifyDue("k", last.Add(3*time.Second), every) {
+		t.Errorf("the last serial was not notified when the interval was up")
+	}
+	if v.notifyDue("k", last.Add(20*time.Second), every) {
+		t.Errorf("notified without a change")
 	}
 }
