@@ -46,6 +46,7 @@ type config struct {
 	// explainNets are the clients that may ask for _flatten.NAME TXT; nil without `explain`.
 	explainNets []netip.Prefix
 	health      *healthConfig // `health_check`; nil when off
+	notify      *notifyConfig // `notify_from`; nil without
 
 	// labels are the block's metric labels; their server, the listener's, is for work no query
 	// carries (a query carries its own).

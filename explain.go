@@ -217,6 +217,16 @@ func (f *Flatten) explainTarget(i int, target string, qtype uint16, now time.Tim
 	if fl := s.fail.Load(); fl != nil {
 		fmt.Fprintf(&b, " last_error='%s' error_at=%s", fl.err.text, fl.at.UTC().Format(time.RFC3339))
 	}
+	// The watched or notified zones the chain passes through, and when each last made it
+	// re-resolve (notify.go).
+	for _, z := range chainZones(s) {
+		at, why := lastPoke(z)
+		if at.IsZero() {
+			fmt.Fprintf(&b, " zone=%s", z)
+			continue
+		}
+		fmt.Fprintf(&b, " zone=%s changed=%s by='%s'", z, at.UTC().Format(time.RFC3339), why)
+	}
 	return b.String()
 }
 

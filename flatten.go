@@ -114,6 +114,10 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 		f.pool.cache.start()
 	}
 
+	if r.Opcode == dns.OpcodeNotify && f.cfg.notify != nil && len(r.Question) == 1 &&
+		plugin.Zones(f.cfg.zones).Matches(r.Question[0].Name) != "" {
+		return f.serveNotify(ctx, w, r)
+	}
 	if !isAddressQuery(r) {
 		if f.cfg.explainNets != nil && isExplainQuery(r) {
 			return f.explain(ctx, w, r)

@@ -515,8 +515,8 @@ func checkParsed(t *testing.T, fl *Flatten) {
 	if len(fl.cfg.zones) == 0 {
 		t.Errorf("no zones")
 	}
-	if fl.aliases.len() == 0 && !fl.cfg.zoneAlias && fl.cfg.cnames.empty() {
-		t.Errorf("accepted with nothing to flatten: no alias, zone_alias or cname")
+	if fl.aliases.len() == 0 && !fl.cfg.zoneAlias && fl.cfg.cnames.empty() && fl.cfg.notify == nil {
+		t.Errorf("accepted with nothing to flatten: no alias, zone_alias, cname or notify_from")
 	}
 	if c := fl.cfg.cnames; c != nil {
 		for name := range c.exact {

@@ -165,6 +165,8 @@ func (p *pool) start() {
 	}
 	if p.self == nil {
 		p.cache.start()
+	} else {
+		watchLocal() // the zones served here that its chains pass through (notify.go)
 	}
 	if p.health != nil {
 		p.health.start()
@@ -179,6 +181,9 @@ func (p *pool) stop() {
 		return
 	}
 	unregister(p)
+	if p.self != nil {
+		unwatchLocal()
+	}
 	if p.health != nil {
 		p.health.stop()
 	}

@@ -141,6 +141,8 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 				err = f.cfg.parseRefreshRate(c)
 			case "explain":
 				err = f.cfg.parseExplain(c)
+			case "notify_from":
+				err = f.cfg.parseNotifyFrom(c)
 			case "health_check":
 				err = f.cfg.parseHealthCheck(c)
 			case "transfer_alias":
@@ -165,8 +167,8 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 		return nil, fmt.Errorf("%s:%d - Error during parsing: health_check probes the addresses of 'alias' targets, and there is no alias",
 			c.File(), f.cfg.health.line)
 	}
-	if f.aliases.len() == 0 && !f.cfg.zoneAlias && f.cfg.cnames.empty() {
-		return nil, c.Errf("nothing to flatten: give at least one 'alias NAME TARGET', 'zone_alias' or 'cname NAMES...'")
+	if f.aliases.len() == 0 && !f.cfg.zoneAlias && f.cfg.cnames.empty() && f.cfg.notify == nil {
+		return nil, c.Errf("nothing to flatten: give at least one 'alias NAME TARGET', 'zone_alias', 'cname NAMES...' or 'notify_from'")
 	}
 	if f.cfg.zoneAlias {
 		f.zoneAliases = newZoneAliases(f.cfg.capacity)
@@ -479,19 +481,37 @@ func (cfg *config) parseExplain(c *caddy.Controller) error {
 		cfg.explainNets = defaultExplainNets
 		return nil
 	}
-	cfg.explainNets = []netip.Prefix{}
+	var err error
+	cfg.explainNets, err = prefixes(c, "explain", a)
+	return err
+}
+
+// parseNotifyFrom reads `notify_from ADDRESS|CIDR...`.
+func (cfg *config) parseNotifyFrom(c *caddy.Controller) error {
+	a := c.RemainingArgs()
+	if len(a) == 0 {
+		return c.Errf("'notify_from' takes the ADDRESS or CIDR of at least one primary allowed to send NOTIFY")
+	}
+	from, err := prefixes(c, "notify_from", a)
+	cfg.notify = &notifyConfig{from: from}
+	return err
+}
+
+// prefixes reads the CIDRs or addresses of option's arguments a.
+func prefixes(c *caddy.Controller, option string, a []string) ([]netip.Prefix, error) {
+	out := []netip.Prefix{}
 	for _, s := range a {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
 			ip, aerr := netip.ParseAddr(s)
 			if aerr != nil || ip.Zone() != "" {
-				return c.Errf("explain '%s' is not a CIDR (like 192.0.2.0/24) or an address", s)
+				return nil, c.Errf("%s '%s' is not a CIDR (like 192.0.2.0/24) or an address", option, s)
 			}
 			p = netip.PrefixFrom(ip, ip.BitLen())
 		}
-		cfg.explainNets = append(cfg.explainNets, p.Masked())
+		out = append(out, p.Masked())
 	}
-	return nil
+	return out, nil
 }
 
 // parseHealthCheck reads `health_check tcp PORT [INTERVAL]`.

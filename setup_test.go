@@ -1179,6 +1179,48 @@ func TestParseExplain(t *testing.T) {
 	}
 }
 
+func TestParseNotifyFrom(t *testing.T) {
+	tests := []struct {
+		input       string
+		shouldErr   bool
+		expectedErr string
+		line        int
+		expected    []string // the CIDRs; nil: none taken
+	}{
+		// 0: off by default.
+		{`flatten {
+			alias @ target.example.net.
+		}`, false, "", 0, nil},
+		// 1: addresses and CIDRs; a block may hold only this line.
+		{`flatten {
+			notify_from 192.0.2.1 2001:db8::/32
+		}`, false, "", 0, []string{"192.0.2.1/32", "2001:db8::/32"}},
+		// 2
+		{`flatten {
+			notify_from
+		}`, true, "'notify_from' takes the ADDRESS or CIDR of at least one primary", 2, nil},
+		// 3
+		{`flatten {
+			notify_from primary.example.net
+		}`, true, "notify_from 'primary.example.net' is not a CIDR (like 192.0.2.0/24) or an address", 2, nil},
+	}
+	for i, tc := range tests {
+		f, err := parse(newSetupController(tc.input, nil))
+		if !checkParseErr(t, i, err, tc.shouldErr, tc.expectedErr, tc.line) {
+			continue
+		}
+		var got []string
+		if f.cfg.notify != nil {
+			for _, p := range f.cfg.notify.from {
+				got = append(got, p.String())
+			}
+		}
+		if !slices.Equal(got, tc.expected) || (tc.expected == nil) != (f.cfg.notify == nil) {
+			t.Errorf("Test %d: notify_from %v, want %v", i, got, tc.expected)
+		}
+	}
+}
+
 func TestParseHealthCheck(t *testing.T) {
 	tests := []struct {
 		input       string
