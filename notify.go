@@ -13,9 +13,9 @@ import (
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin/pkg/nonwriter"
 	"github.com/coredns/coredns/request"
-	"golang.org/x/time/rate"
 
 	"github.com/miekg/dns"
+	"golang.org/x/time/rate"
 )
 
 // Chains re-resolved when a zone they pass through changes, instead of when their TTL runs out:
