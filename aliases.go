@@ -122,20 +122,28 @@ func (t *aliasTable) states(c *cache) (fresh, stale, unresolved int) {
 	return fresh, stale, unresolved
 }
 
-// repin points every alias at pin(name) for each of its targets instead of the target parse
+// repin points every alias at pin(target) for each of its targets instead of the target parse
 // made: the pool's, shared with the other blocks that name it.
-func (t *aliasTable) repin(pin func(name string) *pinnedTarget) {
+func (t *aliasTable) repin(pin func(*pinnedTarget) *pinnedTarget) {
 	for i, a := range t.few {
-		t.few[i].target = pin(a.target.name())
+		t.few[i].target = pin(a.target)
 	}
 	for name, p := range t.one {
-		t.one[name] = pin(p.name())
+		t.one[name] = pin(p)
 	}
 	for _, more := range t.more {
 		for i, p := range more {
-			more[i] = pin(p.name())
+			more[i] = pin(p)
 		}
 	}
+}
+
+// targets returns every configured target, once each, sorted by name (parse makes one pinned
+// target per name).
+func (t *aliasTable) targets() []*pinnedTarget {
+	out := make([]*pinnedTarget, 0, t.len())
+	t.each(func(_ string, a alias) { out = append(out, a.pinned()...) })
+	return slices.Compact(sortPins(out))
 }
 
 // sortPins sorts targets by name, as the cache searches its pinned targets.

@@ -397,12 +397,19 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // newTestFlatten returns a Flatten with the default settings and no zone or alias.
 func newTestFlatten() *Flatten { return &Flatten{cfg: newConfig(), aliases: newAliasTable()} }
 
-// addAlias configures an alias at name to targets (lowercased FQDNs), as parse does; build or
-// prepare makes the aliases that name one target share it, as joining a pool does.
+// addAlias configures an alias at name to targets (lowercased FQDNs), as parse does: one pinned
+// target per name.
 func (f *Flatten) addAlias(name string, targets ...string) {
+	pins := map[string]*pinnedTarget{}
+	for _, p := range f.aliases.targets() {
+		pins[p.name()] = p
+	}
 	var a []*pinnedTarget
 	for _, target := range targets {
-		a = append(a, newPinnedTarget(target))
+		if pins[target] == nil {
+			pins[target] = newPinnedTarget(target)
+		}
+		a = append(a, pins[target])
 	}
 	f.aliases.add(name, a)
 }
@@ -523,7 +530,7 @@ func (f *Flatten) prepare() {
 
 // build gives f a pool of its own in front of resolve, built as prepare does.
 func (f *Flatten) build(resolve resolveFunc) {
-	p := &pool{key: poolKey(f.cfg), origin: poolOrigin(f.cfg), resolve: resolve, pins: map[string]*pinnedTarget{}}
+	p := &pool{key: poolKey(f.cfg), origin: poolOrigin(f.cfg), resolve: resolve}
 	p.join(f)
 	p.build()
 	if f.cfg.zoneAlias && f.zoneAliases == nil {
