@@ -22,13 +22,13 @@ type pool struct {
 
 	// mu guards what the members change until the pool is built, at the first member's
 	// OnStartup, when every block of the Corefile has joined; and the count of started members.
-	mu      sync.Mutex
+	mu sync.Mutex
 	// pins holds the members' targets by name once a second member joins; a pool of one block
 	// takes the block's targets as parse made them, without a map (100,000 aliases: 8 MB less
 	// at the peak).
 	pins    map[string]*pinnedTarget
-	members []*Flatten               // fixed once built
-	started int                      // members started and not shut down
+	members []*Flatten // fixed once built
+	started int        // members started and not shut down
 
 	// Made by build, then fixed.
 	cfg    *config        // the first member's settings, with the pool's labels and capacity
