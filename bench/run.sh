@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of flatten against what users would run instead. One command:
 #
-#   bench/run.sh                 # the full run (about 17 minutes on 2 cores); writes bench/RESULTS.md
-#   QUICK=1 bench/run.sh         # about 4 minutes: checks the script, numbers not worth quoting
+#   bench/run.sh                 # the full run (about 20 minutes on 2 cores); writes bench/RESULTS.md
+#   QUICK=1 bench/run.sh         # about 5 minutes: checks the script, numbers not worth quoting
 #
-# It installs dnsperf, pdns-server, pdns-backend-bind, pdns-recursor and nsd from Debian if they are
-# missing (without letting the packages start their services), builds cmd/coredns into
+# It installs dnsperf, pdns-server, pdns-backend-bind, pdns-recursor, nsd and bind9 from Debian if
+# they are missing (without letting the packages start their services), builds cmd/coredns into
 # bench/out/coredns and the helpers (bench/target, bench/herd, bench/harness) into bench/out/bin,
 # and runs bench/harness, which starts every server on 127.0.0.1 on its own port, pinned to one
 # core (SERVER_CPU) with the load generator on the other (LOAD_CPU), runs the load, stops every
@@ -24,8 +24,14 @@
 # server blocks on one listener, each with its own flatten (memory and startup against the same
 # Corefile without flatten, upstream rate, QPS), zone transfers (how long an NSD secondary of a
 # flattened zone takes to serve new addresses after the target changes, over XFR_CHANGES changes;
-# two AXFRs of a zone of XFR_NAMES ALIAS records, with the primary's memory), and the Go
-# benchmarks of the plugin (bench_test.go) pinned to the server core.
+# two AXFRs of a zone of XFR_NAMES ALIAS records, with the primary's memory), agency changes (an
+# agency zone, server1 A and client0..client99 CNAME server1, followed by 100 client zones, each a
+# server block of one CoreDNS flattening its apex to clientN.agency.test, with an NSD secondary of
+# the 100 zones; AGENCY_CHANGES changes of server1's address, timed until every apex serves it on
+# CoreDNS and on NSD, with the questions they cost: case 1 with BIND 9 as the agency's primary,
+# sending NOTIFY to a `flatten { notify_from }` block, questions counted in its query log; case 2
+# with the agency zone a *file* block of the same CoreDNS, followed by flatten's serial watch;
+# about 3 minutes), and the Go benchmarks of the plugin (bench_test.go) pinned to the server core.
 #
 # Settings (environment):
 #   ROUNDS=5         rounds alternating between rows (at least 3); medians are reported
@@ -46,15 +52,17 @@
 #   HERD_N=1000      queries in the herd
 #   XFR_CHANGES=10   address changes of the transfer case; XFR_NAMES=10000 ALIAS records of its
 #                    big zone (about a minute in all)
+#   AGENCY_CHANGES=10  address changes of each agency case
 #   GOBENCH_COUNT=5  -count of the Go benchmarks
 #   SERVER_CPU=0 LOAD_CPU=1     the cores
 #   FOREIGN_MAX=10   the machine may be shared: each run first waits up to QUIET_WAIT=10 seconds
 #                    for both cores to be under FOREIGN_MAX% busy, and a run during which other
 #                    processes took more than FOREIGN_MAX% of either core is repeated up to
 #                    RETRIES=2 times; all waits and repeats together stop after EXTRA_BUDGET=180 s
-#   PHASES=rows,cold,herd,big,blocks,transfer,gobench   which parts to run
+#   PHASES=rows,cold,herd,big,blocks,transfer,agency,gobench   which parts to run
 #   QUICK=1          ROUNDS=3 DURATION=2 ALIASES=10000 BLOCKS=1000 BLOCKS_TIMEOUT=180
-#                    GOBENCH_COUNT=1 COLD_REPS=3 RETRIES=1 QUIET_WAIT=2 EXTRA_BUDGET=20 unless set
+#                    GOBENCH_COUNT=1 COLD_REPS=3 RETRIES=1 QUIET_WAIT=2 EXTRA_BUDGET=20
+#                    AGENCY_CHANGES=3 unless set
 #   RESULTS=bench/RESULTS.md    where the table goes
 set -euo pipefail
 
@@ -78,9 +86,11 @@ command -v pdns_recursor >/dev/null 2>&1 || need_pkgs+=(pdns-recursor)
 command -v taskset >/dev/null 2>&1 || need_pkgs+=(util-linux)
 # The secondary of the transfer case; Debian puts it in /usr/sbin, which not every PATH has.
 [ -x /usr/sbin/nsd ] || command -v nsd >/dev/null 2>&1 || need_pkgs+=(nsd)
+# The agency primary of the agency case (named and rndc, also in /usr/sbin).
+[ -x /usr/sbin/named ] && [ -x /usr/sbin/rndc ] || command -v named >/dev/null 2>&1 || need_pkgs+=(bind9)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
 	log "installing ${need_pkgs[*]}"
-	# Debian's maintainer scripts start pdns, pdns-recursor and nsd as services (on port 53, for
+	# Debian's maintainer scripts start pdns, pdns-recursor, nsd and named as services (on port 53, for
 	# every address). policy-rc.d answering 101 ("action forbidden") stops invoke-rc.d and
 	# deb-systemd-invoke from starting anything; one that already exists is left as it is.
 	made_policy=""
@@ -97,7 +107,7 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
 	# Where systemd runs, keep the units this install added from starting at boot (and stop
 	# them, should anything have started them).
 	if [ -d /run/systemd/system ]; then
-		systemctl disable --now pdns.service pdns-recursor.service nsd.service 2>/dev/null || true
+		systemctl disable --now pdns.service pdns-recursor.service nsd.service named.service 2>/dev/null || true
 	fi
 fi
 

@@ -267,3 +267,33 @@ func TestRenderBlocks(t *testing.T) {
 		t.Errorf("memory target not scaled:\n%s", md)
 	}
 }
+
+// BIND 9.18's query log (print-time iso8601-utc) and its notify log line.
+func TestAgencyLogs(t *testing.T) {
+	qlog := `2026-12-07T00:50:01.123Z client @0x7f8c1c0 127.0.0.1#41234 (client5.agency.test): query: client5.agency.test IN A -E(0)DC (127.0.0.1)
+2026-12-07T00:50:01.124Z client @0x7f8c1c0 127.0.0.1#41235 (client5.agency.test): query: client5.agency.test IN AAAA -E(0)DC (127.0.0.1)
+2026-12-07T00:50:01.125Z client @0x7f8c1c0 127.0.0.1#41236 (client5.agency.test): query: Client5.agency.test IN A -E(0)DC (127.0.0.1)
+2026-12-07T00:50:01.126Z client @0x7f8c1c0 127.0.0.1#41237 (server1.agency.test): query: server1.agency.test IN A -E(0)DC (127.0.0.1)
+2026-12-07T00:50:01.127Z client @0x7f8c1c0 127.0.0.1#41238 (agency.test): query: agency.test IN SOA -E(0)DC (127.0.0.1)
+`
+	chain, perName, by := tally(bindLogQuestions([]byte(qlog)))
+	if chain != 4 || perName != 2 || by["clientN A"] != 2 || by["clientN AAAA"] != 1 || by["server1 A"] != 1 || by["other SOA"] != 1 {
+		t.Errorf("countQueries = %d, %d, %v", chain, perName, by)
+	}
+	clog := `[INFO] 127.0.0.1:53 - 1234 "AAAA IN client5.agency.test. tcp 48 false 65535" NOERROR qr,aa,rd 120 0.0001s
+[INFO] 127.0.0.1:41234 - 1235 "A IN server1.agency.test. udp 37 false 512" NOERROR qr,aa,rd 70 0.0001s
+[INFO] 127.0.0.1:53 - 1236 "AAAA IN server1.agency.test. tcp 48 false 65535" NOERROR qr,aa,rd 100 0.0001s
+[INFO] plugin/transfer: Outgoing transfer of 5 records
+`
+	chain, perName, by = tally(coreDNSLogQuestions([]byte(clog)))
+	if chain != 2 || perName != 1 || by["clientN AAAA"] != 1 || by["server1 AAAA"] != 1 || by["server1 A"] != 0 {
+		t.Errorf("CoreDNS log: %d, %d, %v", chain, perName, by)
+	}
+	dir := t.TempDir()
+	p := dir + "/named.log"
+	writeRaw(p, "2026-12-07T00:50:01.200Z zone agency.test/IN: loaded serial 3\n2026-12-07T00:50:01.250Z zone agency.test/IN: sending notifies (serial 3)\n")
+	at, ok := notifyTimes(p)[3]
+	if !ok || at.Format("15:04:05.000") != "00:50:01.250" {
+		t.Errorf("notifyTimes = %v, %v", at, ok)
+	}
+}

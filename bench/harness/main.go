@@ -1,9 +1,10 @@
 // Command harness runs the side-by-side benchmark of bench/run.sh (which builds it, installs
 // what it needs and explains the settings): flatten against CoreDNS's file and cache plugins,
 // PowerDNS ALIAS and the limit of CoreDNS (its erratic plugin), plus the cold path, a thundering
-// herd, 100,000 configured aliases, 10,000 server blocks on one listener and zone transfers to
-// an NSD secondary. Every server listens on 127.0.0.1 only, pinned to one core; the load
-// generators run on the other.
+// herd, 100,000 configured aliases, 10,000 server blocks on one listener, zone transfers to an
+// NSD secondary, and agency changes followed by 100 flattened client zones (a BIND 9 primary
+// sending NOTIFY, or the agency zone served by the same CoreDNS). Every server listens on
+// 127.0.0.1 only, pinned to one core; the load generators run on the other.
 // It writes the results to RESULTS (markdown) and OUT/results.json, and raw output under OUT.
 package main
 
@@ -40,8 +41,9 @@ type config struct {
 	ColdDelay     string        `json:"cold_delay"`
 	ColdReps      int           `json:"cold_reps"`
 	HerdN         int           `json:"herd_n"`
-	XfrChanges    int           `json:"xfr_changes"` // address changes of the transfer case
-	XfrNames      int           `json:"xfr_names"`   // ALIAS records of its big.test
+	XfrChanges    int           `json:"xfr_changes"`    // address changes of the transfer case
+	XfrNames      int           `json:"xfr_names"`      // ALIAS records of its big.test
+	AgencyChanges int           `json:"agency_changes"` // address changes of each agency case
 	ServerCPU     int           `json:"server_cpu"`
 	LoadCPU       int           `json:"load_cpu"`
 	Phases        string        `json:"phases"`
@@ -108,13 +110,14 @@ func loadConfig() config {
 	c.HerdN = env("HERD_N", 1000)
 	c.XfrChanges = env("XFR_CHANGES", 10)
 	c.XfrNames = env("XFR_NAMES", 10000)
+	c.AgencyChanges = env("AGENCY_CHANGES", pick(10, 3))
 	c.ServerCPU = env("SERVER_CPU", 0)
 	c.LoadCPU = env("LOAD_CPU", 1)
 	c.ForeignMax = float64(env("FOREIGN_MAX", 10)) / 100
 	c.Retries = env("RETRIES", pick(2, 1))
 	c.QuietWait = time.Duration(env("QUIET_WAIT", pick(10, 2))) * time.Second
 	c.ExtraBudget = time.Duration(env("EXTRA_BUDGET", pick(180, 20))) * time.Second
-	c.Phases = envStr("PHASES", "rows,cold,herd,big,blocks,transfer,gobench")
+	c.Phases = envStr("PHASES", "rows,cold,herd,big,blocks,transfer,agency,gobench")
 	c.GoBenchCount = env("GOBENCH_COUNT", pick(5, 1))
 	c.Out = envStr("OUT", "bench/out")
 	c.Results = envStr("RESULTS", "bench/RESULTS.md")
@@ -129,6 +132,10 @@ func loadConfig() config {
 	}
 	if c.XfrChanges < 1 || c.XfrNames < 1 {
 		fmt.Fprintln(os.Stderr, "harness: XFR_CHANGES and XFR_NAMES must be at least 1")
+		os.Exit(2)
+	}
+	if c.AgencyChanges < 1 {
+		fmt.Fprintln(os.Stderr, "harness: AGENCY_CHANGES must be at least 1")
 		os.Exit(2)
 	}
 	if c.BlocksRounds < 1 {
@@ -163,6 +170,7 @@ type results struct {
 	Big          *bigResult      `json:"big,omitempty"`
 	Blocks       *blocksResult   `json:"blocks,omitempty"`
 	Transfer     *transferResult `json:"transfer,omitempty"`
+	Agency       *agencyResult   `json:"agency,omitempty"`
 	GoBench      []goBench       `json:"go_bench,omitempty"`
 	GoBenchCount int             `json:"go_bench_count,omitempty"`
 }
@@ -276,6 +284,20 @@ func (h *harness) run() error {
 			failed = fmt.Errorf("zone transfers: %s (the results so far are in %s)", r.Error, h.cfg.Results)
 		}
 	}
+	// Likewise an agency case whose change did not reach every client apex in time.
+	if h.phase("agency") {
+		r, err := h.agency(h.cfg.AgencyChanges)
+		h.procs.stopAll()
+		if err != nil {
+			return fmt.Errorf("agency changes: %w", err)
+		}
+		h.res.Agency = r
+		for _, c := range []*agencyCase{r.External, r.Self} {
+			if c.Error != "" && failed == nil {
+				failed = fmt.Errorf("agency changes (%s): %s (the results so far are in %s)", c.Name, c.Error, h.cfg.Results)
+			}
+		}
+	}
 	if h.phase("gobench") {
 		h.res.GoBenchCount = h.cfg.GoBenchCount
 		r, err := h.gobench(h.cfg.GoBenchCount)
@@ -362,8 +384,11 @@ func (h *harness) versions() []kv {
 		}
 		v = append(v, kv{p.name, val})
 	}
-	if h.phase("transfer") {
-		v = append(v, kv{"NSD (the secondary of the transfer case)", firstLine(output(nsdPath(), "-v")) + "; Debian nsd " + strings.TrimSpace(output("dpkg-query", "-W", "-f=${Version}", "nsd"))})
+	if h.phase("agency") {
+		v = append(v, kv{"BIND 9 (the agency primary of the agency case)", firstLine(output(sbinPath("named"), "-v")) + "; Debian bind9 " + strings.TrimSpace(output("dpkg-query", "-W", "-f=${Version}", "bind9"))})
+	}
+	if h.phase("transfer") || h.phase("agency") {
+		v = append(v, kv{"NSD (the secondary of the transfer and agency cases)", firstLine(output(nsdPath(), "-v")) + "; Debian nsd " + strings.TrimSpace(output("dpkg-query", "-W", "-f=${Version}", "nsd"))})
 	}
 	v = append(v, kv{"Go", runtime.Version()})
 	return v

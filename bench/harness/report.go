@@ -82,6 +82,9 @@ func render(r *results) string {
 	if g := r.Transfer; g != nil {
 		renderTransfer(&b, r, g)
 	}
+	if g := r.Agency; g != nil {
+		renderAgency(&b, r, g)
+	}
 	if len(r.GoBench) > 0 {
 		p("## Go benchmarks (one `go test -bench` run, pinned to the server core, GOMAXPROCS=1)\n\n")
 		p("| benchmark | ns/op (median of %d) | B/op | allocs/op |\n|---|---|---|---|\n", r.GoBenchCount)
@@ -341,6 +344,9 @@ func renderTargets(b *strings.Builder, r *results) {
 	if g := r.Transfer; g != nil {
 		t = append(t, transferGoals(g, yes)...)
 	}
+	if g := r.Agency; g != nil {
+		t = append(t, agencyGoals(g, yes)...)
+	}
 	if hit, cache, ok := r.goBench("BenchmarkFlattenHit"), r.goBench("BenchmarkCachePluginHit"), len(r.GoBench) > 0; ok && hit != nil && cache != nil {
 		t = append(t,
 			goal{"Go benchmark: flatten hit vs cache plugin hit, ns/op", "<= cache", fmt.Sprintf("%.0f vs %.0f", hit.NsOp, cache.NsOp), yes(hit.NsOp <= cache.NsOp)},
@@ -484,6 +490,97 @@ func transferGoals(g *transferResult, yes func(bool) string) []goal {
 	}
 	if g.Records > 0 {
 		t = append(t, goal{fmt.Sprintf("AXFR of a zone with %d flattened names: their A and AAAA", g.Names), strconv.Itoa(2 * g.Names), strconv.Itoa(g.Flattened), yes(g.Flattened == 2*g.Names)})
+	}
+	return t
+}
+
+func renderAgency(b *strings.Builder, r *results, g *agencyResult) {
+	p := func(format string, a ...any) { fmt.Fprintf(b, format, a...) }
+	c := r.Config
+	p("## Agency changes\n\n")
+	p("An agency zone, agency.test: server1 A (TTL %d s) and client0 ... client%d CNAME server1 (TTL %d s). One CoreDNS serves %d client zones, each its own server block on one listener, `clientN.test { flatten { alias @ clientN.agency.test ... }; file (SOA, NS, the NS's A); transfer { to NSD } }`, *flatten*'s settings otherwise its defaults (`ttl 5 3600`: NOTIFY to a zone's secondaries at most once per 5 s); %s is the secondary of the %d client zones (`request-xfr` from CoreDNS, `allow-notify` from 127.0.0.1). Once NSD served every apex with the first address, %d times: server1's address is changed (t0) and the apex A of every client zone is polled on CoreDNS and on NSD, a sweep over the apexes not yet changed every %d ms, until every one serves the new address on CoreDNS (t1; \"first client\" is when the first one did) and on NSD (t2). Each change comes %.0f-%.0f s after the previous one reached NSD (at least the `ttl MIN` of the NOTIFY limit, plus a random part so that changes do not fall at the same point of the 1 s ticks), and the first %.1f s after NSD first served every zone: *flatten* counts the limit from the first serial it showed, so a change sooner after startup reaches the secondaries only `ttl MIN` after it. The chains' TTL (%d s) is far longer than the case: only the change detection makes *flatten* follow. All servers pinned to core %d, CoreDNS with GOMAXPROCS=1; the harness polls from core %d.\n\n",
+		agencyTTL, agencyClients-1, agencyTTL, g.Clients, g.NSD, g.Clients, c.AgencyChanges, agencySweep.Milliseconds(), agencyTTLMin.Seconds(), agencyTTLMin.Seconds()+1, agencyTTLMin.Seconds()+1.5, agencyTTL, c.ServerCPU, c.LoadCPU)
+	sec := func(v float64) string { return fmt.Sprintf("%.2f s", v) }
+	if x := g.External; x != nil {
+		p("**Case 1: NOTIFY from an external primary.** %s is the primary of agency.test (`notify explicit; also-notify { 127.0.0.1 port FLATTEN; }; notify-delay 0;`, `querylog yes` to a file, `allow-query { any; }`); CoreDNS has a block `agency.test { flatten { notify_from 127.0.0.1 } }` and each client block `upstream` BIND. A change rewrites the zone file with the new address and a higher serial and runs `rndc reload agency.test` (t0 just before the write). \"BIND NOTIFY\" is the time of BIND's log line `sending notifies (serial N)` after t0. Questions are counted in BIND's query log from a change's t0 to the next's (the last: to 1 s after it reached NSD); the chains are clientN A and AAAA, and BIND answers each with the CNAME and server1's A (or, for AAAA, no data) in one answer, so one question per type per chain is one per hop. NSD served every client zone %.1f s after its exec; BIND logged %d A/AAAA questions for the chains' names before the first change (CoreDNS's startup, and the harness's one probe of server1).\n\n",
+			g.BIND, x.SyncSecs, x.StartupQuestions)
+		if x.Error != "" {
+			p("**Not complete: %s.** The changes measured until then are below.\n\n", x.Error)
+		}
+		p("| change | new address | BIND NOTIFY | first client on CoreDNS | all on CoreDNS: t1 - t0 | all on NSD: t2 - t0 | questions at BIND (name type = count) | A/AAAA questions per chain | most for one name and type |\n|---|---|---|---|---|---|---|---|---|\n")
+		for i, y := range x.Changes {
+			notify := "not in its log"
+			if y.NotifySecs >= 0 {
+				notify = sec(y.NotifySecs)
+			}
+			p("| %d | %s | %s | %s | %s | %s | %s | %.2f | %d |\n", i+1, y.Address, notify, sec(y.FirstSecs), sec(y.CoreSecs), sec(y.NSDSecs), countsText(y.Questions), float64(y.ChainQuestions)/agencyClients, y.MaxPerName)
+		}
+		if len(x.Changes) > 0 {
+			p("| median | | %s | %s | %s | %s | | | |\n", sec(x.NotifyMedian), sec(x.FirstMedian), sec(x.CoreMedian), sec(x.NSDMedian))
+			p("| max | | | | %s | %s | | %.2f | %d |\n", sec(x.CoreMax), sec(x.NSDMax), x.PerChainMax, x.PerNameMax)
+		}
+		p("\n")
+	}
+	if x := g.Self; x != nil {
+		p("**Case 2: the agency zone served by the same CoreDNS.** The agency zone is a block of the same CoreDNS, `agency.test { file ZONE agency.test { reload 1s }; log }` (*log* only to count the questions that block answers), and the client blocks have no `upstream`: *flatten* resolves through the server, and watches the SOA serial of the zones it serves that its chains pass through, every second. A change rewrites the zone file (a rename) with the new address and serial + 1 (t0); t_f is when the agency block itself serves the new server1 address (polled every 20 ms). Questions are the *log* lines of the agency block from 127.0.0.1:53, the address *flatten*'s lookups through the server carry (the harness's polls come from other ports), from a change's t0 to the next's; *file* answers clientN A with the CNAME and server1's A; for AAAA *flatten* also asks server1 AAAA itself (the `server1 AAAA` count), a second hop of that chain, since *file*'s answer to clientN AAAA does not show that server1 has none. *file*'s reload and *flatten*'s watch both tick every second from about the server's start, so t1 - t_f mostly shows how the two ticks are phased in this process: it can be up to a second more when the watch ticks just before the reload. NSD served every client zone %.1f s after its exec; *flatten* asked %d A/AAAA questions for the chains' names before the first change.\n\n",
+			x.SyncSecs, x.StartupQuestions)
+		if x.Error != "" {
+			p("**Not complete: %s.** The changes measured until then are below.\n\n", x.Error)
+		}
+		p("| change | new address | agency block: t_f - t0 | first client on CoreDNS | all on CoreDNS: t1 - t0 | t1 - t_f | all on NSD: t2 - t0 | questions flatten asked through the server (name type = count) | A/AAAA questions per chain | most for one clientN name and type |\n|---|---|---|---|---|---|---|---|---|---|\n")
+		for i, y := range x.Changes {
+			p("| %d | %s | %s | %s | %s | %s | %s | %s | %.2f | %d |\n", i+1, y.Address, sec(y.AgencySecs), sec(y.FirstSecs), sec(y.CoreSecs), sec(y.CoreSecs-y.AgencySecs), sec(y.NSDSecs), countsText(y.Questions), float64(y.ChainQuestions)/agencyClients, y.MaxPerName)
+		}
+		if len(x.Changes) > 0 {
+			p("| median | | | %s | %s | %s | %s | | | |\n", sec(x.FirstMedian), sec(x.CoreMedian), sec(x.AfterMedian), sec(x.NSDMedian))
+			p("| max | | | | %s | %s | %s | | %.2f | %d |\n", sec(x.CoreMax), sec(x.AfterMax), sec(x.NSDMax), x.PerChainMax, x.PerNameMax)
+		}
+		p("\n")
+	}
+	lost, sweep := 0, 0.0
+	for _, x := range []*agencyCase{g.External, g.Self} {
+		for _, y := range x.Changes {
+			lost += y.Lost[0] + y.Lost[1] + y.Lost[2]
+			sweep = max(sweep, y.SweepCore, y.SweepNSD)
+		}
+	}
+	p("The harness polls CoreDNS's apexes, NSD's and (case 2) the agency block each in its own loop, so a slow sweep of one does not delay the times of the others; a time is taken when the answer with the new address arrives, so it is late by at most one sweep: the longest sweep over the pending apexes of any change was %.0f ms. Polls without an answer within 200 ms (each would add that much): %d in all changes of both cases (per change in results.json, `polls_lost`).\n\n", 1000*sweep, lost)
+}
+
+// agencyGoals are the agency case's rows of the targets table.
+func agencyGoals(g *agencyResult, yes func(bool) string) []goal {
+	var t []goal
+	need := fmt.Sprintf("median < %.0f s, max < %.0f s", agencyGoalMedian, agencyGoalMax)
+	timing := func(what string, c *agencyCase, med, mx float64) {
+		n := len(c.Changes)
+		if n == 0 {
+			t = append(t, goal{what, need, "not measured: " + c.Error, yes(false)})
+			return
+		}
+		got := fmt.Sprintf("median %.2f s, max %.2f s (%d changes)", med, mx, n)
+		ok := med < agencyGoalMedian && mx < agencyGoalMax
+		if c.Error != "" {
+			got += "; " + c.Error
+			ok = false
+		}
+		t = append(t, goal{what, need, got, yes(ok)})
+	}
+	questions := func(what string, c *agencyCase) {
+		if len(c.Changes) == 0 {
+			return
+		}
+		got := fmt.Sprintf("at most %.2f per chain per hop and type; %.2f per chain in all (A and AAAA); at most %d for one clientN name and type", c.PerHopMax, c.PerChainMax, c.PerNameMax)
+		t = append(t, goal{what, "<= 1 per hop per type per chain", got, yes(c.PerHopMax <= 1 && c.PerNameMax <= 1)})
+	}
+	if c := g.External; c != nil {
+		timing(fmt.Sprintf("agency change, BIND primary with NOTIFY: all %d client apexes on flatten (t1 - t0)", g.Clients), c, c.CoreMedian, c.CoreMax)
+		timing(fmt.Sprintf("agency change, BIND primary with NOTIFY: all %d client apexes on the NSD secondary (t2 - t0)", g.Clients), c, c.NSDMedian, c.NSDMax)
+		questions("agency change, BIND primary: questions BIND received per change", c)
+	}
+	if c := g.Self; c != nil {
+		timing(fmt.Sprintf("agency change, zone served by the same CoreDNS: all %d client apexes on flatten (t1 - t0)", g.Clients), c, c.CoreMedian, c.CoreMax)
+		timing(fmt.Sprintf("agency change, zone served by the same CoreDNS: all %d client apexes on the NSD secondary (t2 - t0)", g.Clients), c, c.NSDMedian, c.NSDMax)
+		questions("agency change, zone served by the same CoreDNS: questions flatten asked through the server per change", c)
 	}
 	return t
 }
