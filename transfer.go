@@ -459,6 +459,7 @@ type zoneVersion struct {
 	changed    int64      // when serial last moved, in seconds since serialEpoch
 	notified   uint32     // the serial secondaries were last told of
 	notifiedAt time.Time
+	first      bool // serial is the first shown, which the zone's plugin notified
 }
 
 // names returns the flattened names of the zone (by zoneKey) read at zoneSerial, if they are known.
@@ -484,7 +485,7 @@ func (v *zoneVersions) update(key string, zoneSerial uint32, names []flatName, s
 	z := v.m[key]
 	secs := now.Unix() - serialEpoch
 	if z == nil {
-		z = &zoneVersion{zoneSerial: zoneSerial, names: names, sum: sum, serial: zoneSerial + uint32(secs), changed: secs}
+		z = &zoneVersion{zoneSerial: zoneSerial, names: names, sum: sum, serial: zoneSerial + uint32(secs), changed: secs, first: true}
 		v.m[key] = z
 		return z.serial
 	}
@@ -504,17 +505,21 @@ func (v *zoneVersions) update(key string, zoneSerial uint32, names []flatName, s
 }
 
 // notifyDue reports whether the secondaries of zone are to be told of its serial now: it moved
-// since they were last told, and that was at least every ago. It then records them told.
+// since they were last told, and that was at least every ago. It then records them told. The
+// first serial shown is not told (the zone's plugin notified its load), nor does it start the
+// interval: the first change is told at once.
 func (v *zoneVersions) notifyDue(key string, now time.Time, every time.Duration) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	z := v.m[key]
-	if z == nil || z.notified == z.serial || now.Sub(z.notifiedAt) < every {
+	if z == nil || z.notified == z.serial {
 		return false
 	}
-	if z.notified == 0 && z.notifiedAt.IsZero() {
-		// The first serial shown: *file* notified the zone when it loaded it.
-		z.notified, z.notifiedAt = z.serial, now
+	if z.first {
+		z.notified, z.first = z.serial, false
+		return false
+	}
+	if now.Sub(z.notifiedAt) < every {
 		return false
 	}
 	z.notified, z.notifiedAt = z.serial, now
