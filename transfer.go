@@ -161,7 +161,15 @@ func (f *Flatten) Transfer(zone string, serial uint32) (<-chan []dns.RR, error) 
 	f.warm(names, false)
 	flat, sum := f.materialize(zone, names)
 	soa := dns.Copy(rrs[0]).(*dns.SOA)
-	soa.Serial = versions.update(f.zoneKey(zone), soa.Serial, names, sum, time.Now())
+	now := time.Now()
+	shown, held := versions.update(f.zoneKey(zone), soa.Serial, names, sum, now)
+	if held {
+		// Changed within the second the serial last moved: the records must not go out under
+		// the serial of other records, so the transfer waits for the next second (at most one).
+		time.Sleep(time.Unix(now.Unix()+1, 0).Sub(now))
+		shown, _ = versions.update(f.zoneKey(zone), soa.Serial, names, sum, time.Now())
+	}
+	soa.Serial = shown
 
 	ch := make(chan []dns.RR, 1)
 	if serial != 0 && !serialLess(serial, soa.Serial) {
@@ -408,7 +416,8 @@ func (f *Flatten) version(zone string, zoneSerial uint32, warm bool) (uint32, er
 		f.warm(names, true)
 	}
 	_, sum := f.materialize(zone, names)
-	return versions.update(f.zoneKey(zone), zoneSerial, names, sum, time.Now()), nil
+	serial, _ := versions.update(f.zoneKey(zone), zoneSerial, names, sum, time.Now())
+	return serial, nil
 }
 
 // serialWriter shows a flattened zone's serial in the SOA records of answers from the zone.
@@ -478,8 +487,8 @@ func (v *zoneVersions) names(key string, zoneSerial uint32) ([]flatName, bool) {
 // the last change. So it grows (RFC 1982) with every change of the zone's serial or of the
 // addresses, and never goes back, across reloads (kept here) and restarts (the clock has moved
 // on since the last change). It moves at most once a second: a change within the second of the
-// last one is taken the next second.
-func (v *zoneVersions) update(key string, zoneSerial uint32, names []flatName, sum uint64, now time.Time) uint32 {
+// last one is taken the next second, and held reports it.
+func (v *zoneVersions) update(key string, zoneSerial uint32, names []flatName, sum uint64, now time.Time) (serial uint32, held bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	z := v.m[key]
@@ -487,13 +496,13 @@ func (v *zoneVersions) update(key string, zoneSerial uint32, names []flatName, s
 	if z == nil {
 		z = &zoneVersion{zoneSerial: zoneSerial, names: names, sum: sum, serial: zoneSerial + uint32(secs), changed: secs, first: true}
 		v.m[key] = z
-		return z.serial
+		return z.serial, false
 	}
 	if z.zoneSerial == zoneSerial && z.sum == sum {
-		return z.serial
+		return z.serial, false
 	}
 	if secs <= z.changed {
-		return z.serial // too soon after the last change: taken next second
+		return z.serial, true // too soon after the last change: taken next second
 	}
 	next := zoneSerial + uint32(secs)
 	if !serialLess(z.serial, next) {
@@ -501,7 +510,7 @@ func (v *zoneVersions) update(key string, zoneSerial uint32, names []flatName, s
 	}
 	*z = zoneVersion{zoneSerial: zoneSerial, names: names, sum: sum, serial: next, changed: secs,
 		notified: z.notified, notifiedAt: z.notifiedAt}
-	return z.serial
+	return z.serial, false
 }
 
 // notifyDue reports whether the secondaries of zone are to be told of its serial now: it moved

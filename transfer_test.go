@@ -242,28 +242,31 @@ func TestSerialArithmetic(t *testing.T) {
 func TestZoneVersions(t *testing.T) {
 	v := zoneVersions{m: map[string]*zoneVersion{}}
 	t0 := time.Unix(serialEpoch+1000, 0)
-	s := v.update("srv z.", 100, nil, 1, t0)
+	update := func(v *zoneVersions, zoneSerial uint32, sum uint64, at time.Duration) (uint32, bool) {
+		return v.update("srv z.", zoneSerial, nil, sum, t0.Add(at))
+	}
+	s, _ := update(&v, 100, 1, 0)
 	if s != 1100 {
 		t.Fatalf("first serial %d, want 1100", s)
 	}
-	if got := v.update("srv z.", 100, nil, 1, t0.Add(5*time.Second)); got != s {
-		t.Errorf("nothing changed: %d, want %d", got, s)
+	if got, held := update(&v, 100, 1, 5*time.Second); got != s || held {
+		t.Errorf("nothing changed: %d (held %v), want %d", got, held, s)
 	}
-	if got := v.update("srv z.", 100, nil, 2, t0.Add(500*time.Millisecond)); got != s {
-		t.Errorf("a change within the second of the last: %d, want %d until the next second", got, s)
+	if got, held := update(&v, 100, 2, 500*time.Millisecond); got != s || !held {
+		t.Errorf("a change within the second of the last: %d (held %v), want %d, held until the next second", got, held, s)
 	}
-	if got := v.update("srv z.", 100, nil, 2, t0.Add(7*time.Second)); got != 1107 {
+	if got, _ := update(&v, 100, 2, 7*time.Second); got != 1107 {
 		t.Errorf("addresses changed: %d, want 1107", got)
 	}
-	if got := v.update("srv z.", 101, nil, 2, t0.Add(8*time.Second)); got != 1109 {
+	if got, _ := update(&v, 101, 2, 8*time.Second); got != 1109 {
 		t.Errorf("the zone's serial moved: %d, want 1109", got)
 	}
-	if got := v.update("srv z.", 50, nil, 2, t0.Add(9*time.Second)); got != 1110 {
+	if got, _ := update(&v, 50, 2, 9*time.Second); got != 1110 {
 		t.Errorf("the zone's serial went back: %d, want 1110 (never back)", got)
 	}
 	// A restart: a new process knows nothing, and the clock has moved on.
 	fresh := zoneVersions{m: map[string]*zoneVersion{}}
-	if got := fresh.update("srv z.", 101, nil, 3, t0.Add(20*time.Second)); !serialLess(1110, got) {
+	if got, _ := update(&fresh, 101, 3, 20*time.Second); !serialLess(1110, got) {
 		t.Errorf("after a restart: %d, want above 1110", got)
 	}
 }
@@ -328,5 +331,29 @@ func TestNotifyRateLimit(t *testing.T) {
 	}
 	if v.notifyDue("k", last.Add(20*time.Second), every) {
 		t.Errorf("notified without a change")
+	}
+}
+
+// TestTransferNeverReusesSerial: a transfer whose addresses changed within the second the serial
+// last moved waits for the next second, so that it does not go out under the serial of other
+// addresses.
+func TestTransferNeverReusesSerial(t *testing.T) {
+	u := newFakeUpstream(t, "client1.agency.test. 300 IN A 192.0.2.10")
+	srv, _ := startCoreDNS(t, transferCorefile(exampleZone(t), "", "alias @ client1.agency.test.", "upstream "+u.Addr))
+	waitFor(t, "the address in the transfer", func() bool {
+		return len(recordsAt(axfr(t, srv, "example.org.", 0), "example.org.", dns.TypeA)) == 1
+	})
+	// Other addresses are shown at the start of a second, under a serial of their own; the
+	// transfer comes within that second.
+	key := block("example.org.").zoneKey("example.org.")
+	now := time.Now()
+	time.Sleep(time.Unix(now.Unix()+1, 10e6).Sub(now))
+	other, held := versions.update(key, 2026112201, nil, 12345, time.Now())
+	if held {
+		t.Fatal("setup: the other addresses' serial was held")
+	}
+	rrs := axfr(t, srv, "example.org.", 0)
+	if got := soaSerial(t, rrs); !serialLess(other, got) {
+		t.Errorf("serial %d for 192.0.2.10, want above %d, the serial of the other addresses", got, other)
 	}
 }
