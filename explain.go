@@ -82,22 +82,7 @@ func (f *Flatten) explain(ctx context.Context, w dns.ResponseWriter, r *dns.Msg)
 }
 
 // mayExplain reports whether the client at addr is inside the explain CIDRs.
-func (f *Flatten) mayExplain(addr net.Addr) bool {
-	var ip netip.Addr
-	switch a := addr.(type) {
-	case *net.UDPAddr:
-		ip, _ = netip.AddrFromSlice(a.IP)
-	case *net.TCPAddr:
-		ip, _ = netip.AddrFromSlice(a.IP)
-	}
-	ip = ip.Unmap()
-	for _, p := range f.cfg.explainNets {
-		if p.Contains(ip) {
-			return true
-		}
-	}
-	return false
-}
+func (f *Flatten) mayExplain(addr net.Addr) bool { return inPrefixes(addr, f.cfg.explainNets) }
 
 // explainTargets returns the targets NAME follows, how it comes to follow them (alias,
 // zone_alias, cname) and, for cname, the chain inside the zone that leads to them.

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"time"
 )
 
 // background runs the goroutines of one instance (the cache's refreshes and resolutions, the
@@ -91,5 +92,54 @@ func unregister(p *pool) {
 		delete(live.m, p.origin)
 	} else {
 		live.m[p.origin] = ps
+	}
+}
+
+// ticking runs fn every interval in one goroutine for the process, while it has users: the first
+// acquire starts it, the last release stops it and waits for it to end. The watch of the zones
+// with transfers and that of the zones served here are each one.
+type ticking struct {
+	interval time.Duration
+	fn       func()
+
+	mu    sync.Mutex
+	users int
+	stop  chan struct{} // closed to end the goroutine; nil when none runs
+	done  chan struct{} // closed when it has ended
+}
+
+func (t *ticking) acquire() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.users++; t.users == 1 {
+		t.stop, t.done = make(chan struct{}), make(chan struct{})
+		go t.run(t.stop, t.done)
+	}
+}
+
+func (t *ticking) release() {
+	t.mu.Lock()
+	var done chan struct{}
+	if t.users--; t.users == 0 {
+		close(t.stop)
+		done, t.stop, t.done = t.done, nil, nil
+	}
+	t.mu.Unlock()
+	if done != nil {
+		<-done
+	}
+}
+
+func (t *ticking) run(stop, done chan struct{}) {
+	defer close(done)
+	tick := time.NewTicker(t.interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+		}
+		t.fn()
 	}
 }

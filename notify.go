@@ -153,56 +153,24 @@ func chainZones(s *slot) []string {
 	return slices.DeleteFunc(zones, func(z string) bool { return !passesThrough(s, z) })
 }
 
-// local watches the zones this server serves that chains resolved through it pass through.
-var local = localZones{apex: map[string]string{}, serials: map[string]uint32{}}
+// local watches the zones this server serves that chains resolved through it pass through, every
+// second while a running pool resolves through this server (acquired by pool.start).
+var local = localZones{ticking: ticking{interval: pokeInterval}, apex: map[string]string{}, serials: map[string]uint32{}}
+
+func init() { local.fn = local.lookAll }
 
 type localZones struct {
+	ticking
 	mu      sync.Mutex
 	apex    map[string]string // chain name -> the apex of its zone served here; "" when not served here
 	serials map[string]uint32 // zone -> its serial when last looked at
-	stop    chan struct{}     // closed to end the goroutine; nil when none runs
-	done    chan struct{}
-	users   int // running pools that resolve through this server
 }
 
-// watchLocal starts, for the first pool resolving through this server, the goroutine that looks at
-// the zones served here every second; unwatchLocal stops it after the last.
-func watchLocal() {
-	local.mu.Lock()
-	defer local.mu.Unlock()
-	if local.users++; local.users == 1 {
-		local.stop, local.done = make(chan struct{}), make(chan struct{})
-		go local.watch(local.stop, local.done)
-	}
-}
-
-func unwatchLocal() {
-	local.mu.Lock()
-	var done chan struct{}
-	if local.users--; local.users == 0 {
-		close(local.stop)
-		done, local.stop, local.done = local.done, nil, nil
-	}
-	local.mu.Unlock()
-	if done != nil {
-		<-done
-	}
-}
-
-func (l *localZones) watch(stop, done chan struct{}) {
-	defer close(done)
-	t := time.NewTicker(pokeInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-		}
-		for _, p := range running() {
-			if p.self != nil {
-				l.look(p)
-			}
+// lookAll looks at the zones served here of every pool resolving through this server.
+func (l *localZones) lookAll() {
+	for _, p := range running() {
+		if p.self != nil {
+			l.look(p)
 		}
 	}
 }
@@ -314,17 +282,7 @@ func (r *recorder) WriteMsg(m *dns.Msg) error { r.msg = m; return nil }
 // make the chains through them re-resolve.
 type notifyConfig struct{ from []netip.Prefix }
 
-func (n *notifyConfig) allows(addr net.Addr) bool {
-	var ip netip.Addr
-	switch a := addr.(type) {
-	case *net.UDPAddr:
-		ip, _ = netip.AddrFromSlice(a.IP)
-	case *net.TCPAddr:
-		ip, _ = netip.AddrFromSlice(a.IP)
-	}
-	ip = ip.Unmap()
-	return slices.ContainsFunc(n.from, func(p netip.Prefix) bool { return p.Contains(ip) })
-}
+func (n *notifyConfig) allows(addr net.Addr) bool { return inPrefixes(addr, n.from) }
 
 // refusedNotify limits the log lines of refused NOTIFYs to one a minute.
 var refusedNotify = rate.Sometimes{Interval: time.Minute}

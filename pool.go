@@ -184,7 +184,7 @@ func (p *pool) start() {
 	if p.self == nil {
 		p.cache.start()
 	} else {
-		watchLocal() // the zones served here that its chains pass through (notify.go)
+		local.acquire() // the zones served here that its chains pass through (notify.go)
 	}
 	if p.health != nil {
 		p.health.start()
@@ -200,7 +200,7 @@ func (p *pool) stop() {
 	}
 	unregister(p)
 	if p.self != nil {
-		unwatchLocal()
+		local.release()
 	}
 	if p.health != nil {
 		p.health.stop()

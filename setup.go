@@ -497,6 +497,20 @@ func (cfg *config) parseNotifyFrom(c *caddy.Controller) error {
 	return err
 }
 
+// inPrefixes reports whether the address of a client (a UDP or TCP address) is inside nets, as
+// `explain` and `notify_from` read them.
+func inPrefixes(addr net.Addr, nets []netip.Prefix) bool {
+	var ip netip.Addr
+	switch a := addr.(type) {
+	case *net.UDPAddr:
+		ip, _ = netip.AddrFromSlice(a.IP)
+	case *net.TCPAddr:
+		ip, _ = netip.AddrFromSlice(a.IP)
+	}
+	ip = ip.Unmap()
+	return slices.ContainsFunc(nets, func(p netip.Prefix) bool { return p.Contains(ip) })
+}
+
 // prefixes reads the CIDRs or addresses of option's arguments a.
 func prefixes(c *caddy.Controller, option string, a []string) ([]netip.Prefix, error) {
 	out := []netip.Prefix{}

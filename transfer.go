@@ -71,60 +71,45 @@ func (f *Flatten) stopTransfers() {
 const watchInterval = time.Second
 
 // watched holds the blocks with transfers, whose zones one goroutine for the process looks at
-// every second (watch), while there are any.
-var watched watchList
+// every second (watchAll), while there are any.
+var watched = watchList{ticking: ticking{interval: watchInterval}}
+
+func init() { watched.fn = watched.watchAll }
 
 type watchList struct {
+	ticking
 	mu     sync.Mutex
 	blocks []*Flatten
-	stop   chan struct{} // closed to end the goroutine; nil when none runs
-	done   chan struct{} // closed when it has ended
 }
 
 func (l *watchList) add(f *Flatten) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	l.blocks = append(l.blocks, f)
-	if l.stop == nil {
-		l.stop, l.done = make(chan struct{}), make(chan struct{})
-		go l.watch(l.stop, l.done)
-	}
+	l.mu.Unlock()
+	l.acquire()
 }
 
 // remove takes f off the list; the last one out waits for the goroutine to end.
 func (l *watchList) remove(f *Flatten) {
 	l.mu.Lock()
+	n := len(l.blocks)
 	l.blocks = slices.DeleteFunc(l.blocks, func(g *Flatten) bool { return g == f })
-	var done chan struct{}
-	if len(l.blocks) == 0 && l.stop != nil {
-		close(l.stop)
-		done, l.stop, l.done = l.done, nil, nil
-	}
+	removed := len(l.blocks) < n
 	l.mu.Unlock()
-	if done != nil {
-		<-done
+	if removed {
+		l.release()
 	}
 }
 
-// watch looks at the zones of the blocks every second: when their flattened addresses (or their
-// own serial) changed, the serial moves, and secondaries are notified, at most once every `ttl
-// MIN` per zone however often addresses flap (the last change is notified when that time is up).
-func (l *watchList) watch(stop, done chan struct{}) {
-	defer close(done)
-	t := time.NewTicker(watchInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-		}
-		l.mu.Lock()
-		blocks := slices.Clone(l.blocks)
-		l.mu.Unlock()
-		for _, f := range blocks {
-			f.watchZones()
-		}
+// watchAll looks at the zones of the blocks: when their flattened addresses (or their own
+// serial) changed, the serial moves, and secondaries are notified, at most once every `ttl MIN`
+// per zone however often addresses flap (the last change is notified when that time is up).
+func (l *watchList) watchAll() {
+	l.mu.Lock()
+	blocks := slices.Clone(l.blocks)
+	l.mu.Unlock()
+	for _, f := range blocks {
+		f.watchZones()
 	}
 }
 
