@@ -119,7 +119,7 @@ func (c *cache) pinnedAddrs() []netip.Addr {
 
 // existing returns the slot for k if there is one, pinned or on demand, without making one.
 func (c *cache) existing(k cacheKey) *slot {
-	if !k.scope.IsValid() {
+	if !k.scope.IsValid() && k.qtype != dns.TypeHTTPS {
 		if p := c.pinned(k.name); p != nil {
 			return &p.slots[qtypeIndex(k.qtype)]
 		}

@@ -39,6 +39,8 @@ type config struct {
 	refreshRate int
 
 	zoneAlias bool // `zone_alias`
+	// https is `https`: HTTPS queries at flattened names get the target's HTTPS records.
+	https bool
 	// transferAlias is `transfer_alias`: zone transfers carry ALIAS records, not addresses.
 	transferAlias bool
 	cnames        *cnameNames // `cname NAMES...`; nil without

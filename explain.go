@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -65,6 +66,15 @@ func (f *Flatten) explain(ctx context.Context, w dns.ResponseWriter, r *dns.Msg)
 			for i, t := range targets {
 				lines = append(lines, f.explainTarget(i, t, qtype, now))
 			}
+		}
+		if f.cfg.https && kind != "cname" {
+			// The HTTPS records come from the target that answers the addresses (https.go).
+			target := targets[0]
+			if a, ok := f.aliases.get(name); ok {
+				target = f.httpsTarget(ctx, a, true)
+			}
+			i := slices.Index(targets, target)
+			lines = append(lines, f.explainAnswer(ctx, w, r, name, dns.TypeHTTPS, []string{target}, now), f.explainTarget(i, target, dns.TypeHTTPS, now))
 		}
 		lines = append(lines, f.explainHealth(targets)...)
 	}
@@ -240,6 +250,8 @@ func addrList(rrs []dns.RR) string {
 			out = append(out, v.A.String())
 		case *dns.AAAA:
 			out = append(out, v.AAAA.String())
+		default: // an HTTPS record
+			out = append(out, strings.TrimPrefix(rr.String(), rr.Header().String()))
 		}
 	}
 	return strings.Join(out, ",")

@@ -118,7 +118,8 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 		plugin.Zones(f.cfg.zones).Matches(r.Question[0].Name) != "" {
 		return f.serveNotify(ctx, w, r)
 	}
-	if !isAddressQuery(r) {
+	https := f.cfg.https && isHTTPSQuery(r)
+	if !https && !isAddressQuery(r) {
 		if f.cfg.explainNets != nil && isExplainQuery(r) {
 			return f.explain(ctx, w, r)
 		}
@@ -140,6 +141,9 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 
 	// A configured alias: answered from memory, without looking at the zone.
 	if a, ok := f.aliases.get(qname); ok {
+		if https {
+			return f.flattenHTTPS(ctx, w, r, f.zoneOf(qname), math.MaxUint32, f.httpsTarget(ctx, a, false))
+		}
 		var one [1]*slot
 		return f.flatten(ctx, w, r, f.zoneOf(qname), math.MaxUint32, a.slots(qtypeIndex(qtype), one[:0]))
 	}
@@ -152,11 +156,14 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	// An ALIAS record in the zone: flattened like a configured alias, its TTL one more bound.
 	if f.zoneAliases != nil {
 		if za := f.zoneAliasFor(ctx, w, r, name); za.target != "" {
+			if https {
+				return f.flattenHTTPS(ctx, w, r, zone, za.ttl, za.target)
+			}
 			s := f.pool.cache.slotFor(cacheKey{name: za.target, qtype: qtype})
 			return f.flatten(ctx, w, r, zone, za.ttl, []*slot{s})
 		}
 	}
-	if f.cfg.cnames.match(name) {
+	if !https && f.cfg.cnames.match(name) {
 		return f.flattenCNAME(ctx, w, r, zone)
 	}
 	return plugin.NextOrFailure(f.Name(), f.Next, ctx, w, r)
@@ -328,6 +335,9 @@ func (f *Flatten) answer(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, 
 		}
 	} else {
 		m.Answer = renamed(e.addrs(), r.Question[0].Name, ttl)
+		if h := f.pool.health; h != nil && r.Question[0].Qtype == dns.TypeHTTPS {
+			h.trimHints(m.Answer)
+		}
 	}
 	if src == srcStale && r.IsEdns0() != nil {
 		addEDE(m, dns.ExtendedErrorCodeStaleAnswer, "")
@@ -364,17 +374,23 @@ func addEDE(m *dns.Msg, code uint16, text string) {
 	o.Option = append(o.Option, &dns.EDNS0_EDE{InfoCode: code, ExtraText: text})
 }
 
-// renamed returns copies of the address records addrs owned by owner with the given TTL. The
-// cached records are shared between queries and never modified.
-func renamed(addrs []dns.RR, owner string, ttl uint32) []dns.RR {
-	out := make([]dns.RR, len(addrs))
-	for i, rr := range addrs {
+// renamed returns copies of the records rrs (addresses, or HTTPS records) owned by owner with
+// the given TTL. The cached records are shared between queries and never modified.
+func renamed(rrs []dns.RR, owner string, ttl uint32) []dns.RR {
+	out := make([]dns.RR, len(rrs))
+	for i, rr := range rrs {
 		hdr := dns.RR_Header{Name: owner, Rrtype: rr.Header().Rrtype, Class: dns.ClassINET, Ttl: ttl}
 		switch v := rr.(type) {
 		case *dns.A:
 			out[i] = &dns.A{Hdr: hdr, A: v.A}
 		case *dns.AAAA:
 			out[i] = &dns.AAAA{Hdr: hdr, AAAA: v.AAAA}
+		default:
+			// An HTTPS record: copied deeply, SvcParams included, as it came (RFC 9460 2.4.3:
+			// a TargetName of "." then names the flattened name, whose addresses are the
+			// target's).
+			out[i] = dns.Copy(rr)
+			*out[i].Header() = hdr
 		}
 	}
 	return out

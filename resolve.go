@@ -31,8 +31,8 @@ type hop struct {
 // chain is the outcome of walking one target for one address type.
 type chain struct {
 	start string // the name the walk started at
-	// addrs is the final address RRset (A or AAAA records owned by the last name of the chain),
-	// deduplicated. Empty for a negative answer.
+	// addrs is the final RRset (A or AAAA records owned by the last name of the chain, or its
+	// HTTPS records with `https`), deduplicated. Empty for a negative answer.
 	addrs []dns.RR
 	hops  []hop
 	// ttl is the smallest TTL of every record on the chain (RFC 2181 5.2); for a negative answer
@@ -138,7 +138,8 @@ type walker struct {
 	maxDepth int
 }
 
-// resolve walks the chain that starts at q's target (a lowercased FQDN) for its type (A or AAAA).
+// resolve walks the chain that starts at q's target (a lowercased FQDN) for its type (A or AAAA,
+// or HTTPS: RFC 9460 2.4.2 has resolvers follow CNAMEs to it as to addresses).
 //
 // Only records whose owner is on the chain are used: an upstream answer's other records, in any
 // section, are ignored, so extra records cannot poison what is served. When an answer stops at a
@@ -311,9 +312,10 @@ func isReferral(resp *dns.Msg) bool {
 	return ns
 }
 
-// dedup removes records with the same address, keeping the first of each. Records arrive owned
-// by one name and of one type (A or AAAA), so the address alone tells them apart. A map keeps
-// this linear: an upstream may send thousands of records over TCP.
+// dedup removes records with the same data, keeping the first of each (an RRset has no
+// duplicates, RFC 2181 5). Records arrive owned by one name and of one type, so the address (or
+// an HTTPS record's presentation data) alone tells them apart. A map keeps this linear: an
+// upstream may send thousands of records over TCP.
 func dedup(rrs []dns.RR) []dns.RR {
 	out := make([]dns.RR, 0, len(rrs))
 	seen := make(map[string]bool, len(rrs))
@@ -324,6 +326,8 @@ func dedup(rrs []dns.RR) []dns.RR {
 			k = string(v.A.To16())
 		case *dns.AAAA:
 			k = string(v.AAAA.To16())
+		case *dns.HTTPS:
+			k = v.SVCB.String()[len(v.Hdr.String()):]
 		default:
 			continue
 		}

@@ -96,6 +96,7 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 	// The configured targets, each pinned once however many aliases name it.
 	pins := map[string]*pinnedTarget{}
 	blocks := 0
+	httpsLine := 0 // for the check made once every line is read
 	for c.Next() {
 		if blocks++; blocks > 1 {
 			return nil, plugin.ErrOnce
@@ -151,6 +152,10 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 			case "zone_alias":
 				_, err = args(c, 0)
 				f.cfg.zoneAlias = true
+			case "https":
+				httpsLine = c.Line()
+				_, err = args(c, 0)
+				f.cfg.https = true
 			case "cname":
 				err = f.cfg.parseCNAME(c)
 			case "ecs":
@@ -169,6 +174,10 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 	}
 	if f.aliases.len() == 0 && !f.cfg.zoneAlias && f.cfg.cnames.empty() && f.cfg.notify == nil {
 		return nil, c.Errf("nothing to flatten: give at least one 'alias NAME TARGET', 'zone_alias', 'cname NAMES...' or 'notify_from'")
+	}
+	if f.cfg.https && f.aliases.len() == 0 && !f.cfg.zoneAlias {
+		return nil, fmt.Errorf("%s:%d - Error during parsing: 'https' answers HTTPS queries at the names of 'alias' lines and of ALIAS records ('zone_alias'), and the block has neither",
+			c.File(), httpsLine)
 	}
 	if f.cfg.zoneAlias {
 		f.zoneAliases = newZoneAliases(f.cfg.capacity)

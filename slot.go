@@ -11,7 +11,7 @@ import (
 // cacheKey names one resolved chain.
 type cacheKey struct {
 	name  string // the target, a lowercased FQDN
-	qtype uint16 // dns.TypeA or dns.TypeAAAA
+	qtype uint16 // dns.TypeA or dns.TypeAAAA; dns.TypeHTTPS with `https`
 	// scope is the client network (EDNS Client Subnet, RFC 7871 7.3) the answer is for, with
 	// `ecs` (scope.go); the zero subnet means every client.
 	scope subnet
@@ -118,7 +118,7 @@ type slot struct {
 	failures uint8 // consecutive failed refreshes: the backoff doubles with each (backoff)
 	tried    bool  // the startup round has tried this slot once
 
-	qi     uint8 // the address type, by qtypeIndex
+	qi     uint8 // the type, by qtypeIndex
 	pinned bool  // belongs to a configured alias: never evicted, refreshed on a schedule
 }
 
@@ -140,8 +140,8 @@ func (s *slot) key() cacheKey {
 	return k
 }
 
-// qtype is the address type s is for: dns.TypeA or dns.TypeAAAA.
-func (s *slot) qtype() uint16 { return qtypes[s.qi] }
+// qtype is the type s is for: dns.TypeA, dns.TypeAAAA or dns.TypeHTTPS.
+func (s *slot) qtype() uint16 { return slotTypes[s.qi] }
 
 // subnet is the client network s is for; the zero subnet for every client.
 func (s *slot) subnet() subnet {
@@ -194,13 +194,23 @@ func (s source) String() string {
 	return "none"
 }
 
-// qtypes are the address types by qtypeIndex.
+// qtypes are the address types by qtypeIndex: a pinned target has a slot of each.
 var qtypes = [2]uint16{dns.TypeA, dns.TypeAAAA}
 
-// qtypeIndex maps the two address types to 0 and 1, for per-type arrays.
+// slotTypes are the types a slot may be for, by qtypeIndex: the address types, then HTTPS
+// (`https`), whose slots are made on demand.
+var slotTypes = [3]uint16{dns.TypeA, dns.TypeAAAA, dns.TypeHTTPS}
+
+// httpsIndex is qtypeIndex(dns.TypeHTTPS).
+const httpsIndex = 2
+
+// qtypeIndex maps the two address types to 0 and 1, for per-type arrays, and HTTPS to 2.
 func qtypeIndex(qtype uint16) int {
-	if qtype == dns.TypeAAAA {
+	switch qtype {
+	case dns.TypeAAAA:
 		return 1
+	case dns.TypeHTTPS:
+		return httpsIndex
 	}
 	return 0
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"hash"
 	"hash/fnv"
 	"math"
 	"slices"
@@ -228,12 +229,13 @@ func (f *Flatten) zoneKey(zone string) string {
 	return f.cfg.labels.server + " " + f.cfg.labels.view + " " + zone
 }
 
-// flatName is a flattened name of a zone, and what its addresses come from: the slots of its
-// targets for A and for AAAA, in order, and the bound on their TTL (an ALIAS record's TTL).
+// flatName is a flattened name of a zone, and what its records come from: the slots of its
+// targets for A, for AAAA and (with `https`, unless the zone has its own) HTTPS, in order, and
+// the bound on their TTL (an ALIAS record's TTL).
 type flatName struct {
 	name    string
 	targets []string
-	slots   [2][]*slot // by qtypeIndex
+	slots   [3][]*slot // by qtypeIndex
 	ttlCap  uint32
 }
 
@@ -251,6 +253,15 @@ func (f *Flatten) flatNames(zone string, rrs []dns.RR) []flatName {
 		}
 		names = append(names, n)
 	})
+	var ownHTTPS map[string]bool // the names whose HTTPS records the zone has
+	if f.cfg.https {
+		ownHTTPS = map[string]bool{}
+		for _, rr := range rrs {
+			if rr.Header().Rrtype == dns.TypeHTTPS {
+				ownHTTPS[strings.ToLower(rr.Header().Name)] = true
+			}
+		}
+	}
 	if f.zoneAliases != nil {
 		seen := map[string]bool{}
 		for _, n := range names {
@@ -272,6 +283,13 @@ func (f *Flatten) flatNames(zone string, rrs []dns.RR) []flatName {
 				n.slots[qi] = []*slot{f.pool.cache.slotFor(cacheKey{name: target, qtype: qtype})}
 			}
 			names = append(names, n)
+		}
+	}
+	for i := range names {
+		if n := &names[i]; f.cfg.https && !ownHTTPS[n.name] {
+			for _, t := range n.targets {
+				n.slots[httpsIndex] = append(n.slots[httpsIndex], f.pool.cache.slotFor(cacheKey{name: t, qtype: dns.TypeHTTPS}))
+			}
 		}
 	}
 	slices.SortFunc(names, func(a, b flatName) int { return strings.Compare(a.name, b.name) })
@@ -356,15 +374,46 @@ func (f *Flatten) materialize(zone string, names []flatName) ([]dns.RR, uint64) 
 					keys = append(keys, n.name+" "+a.String())
 				}
 			}
-			slices.Sort(keys)
-			for _, k := range keys {
-				sum.Write([]byte(k))
-				sum.Write([]byte{0})
+			sumOf(sum, keys)
+			out = append(out, rrs...)
+		}
+		if https := n.slots[httpsIndex]; len(https) > 0 {
+			rrs := f.materializeHTTPS(n, https)
+			keys := make([]string, 0, len(rrs))
+			for _, rr := range rrs {
+				keys = append(keys, n.name+" "+strings.TrimPrefix(rr.String(), rr.Header().String()))
 			}
+			sumOf(sum, keys)
 			out = append(out, rrs...)
 		}
 	}
 	return out, sum.Sum64()
+}
+
+// materializeHTTPS returns the HTTPS records a query for n gets now, from the cache alone: those
+// of the target that answers its addresses (https holds each target's HTTPS slot).
+func (f *Flatten) materializeHTTPS(n flatName, https []*slot) []dns.RR {
+	i := f.answering(context.Background(), [2][]*slot{n.slots[0], n.slots[1]}, true)
+	r := new(dns.Msg)
+	r.SetQuestion(n.name, dns.TypeHTTPS)
+	c, _ := f.pick(context.Background(), &question{peek: true}, https[i:i+1])
+	if c.e == nil || c.e.negative() {
+		return nil
+	}
+	rrs := renamed(c.e.addrs(), n.name, f.answerTTL(c.e, c.src, n.ttlCap))
+	if h := f.pool.health; h != nil {
+		h.trimHints(rrs)
+	}
+	return rrs
+}
+
+// sumOf adds keys to sum in sorted order, so that it does not change with the records' order.
+func sumOf(sum hash.Hash64, keys []string) {
+	slices.Sort(keys)
+	for _, k := range keys {
+		sum.Write([]byte(k))
+		sum.Write([]byte{0})
+	}
 }
 
 // newALIAS is the ALIAS record (PowerDNS's TYPE65401, in RFC 3597 form) of name to target.

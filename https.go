@@ -1,0 +1,76 @@
+package flatten
+
+import (
+	"context"
+	"strings"
+
+	"github.com/miekg/dns"
+)
+
+// HTTPS records (RFC 9460) at flattened names, with `https`. A browser asks for a name's HTTPS
+// record before it connects: it says that the server speaks HTTP/3 (alpn), gives its addresses
+// (ipv4hint, ipv6hint) and the key to encrypt the ClientHello with (ech). A flattened name
+// answers A/AAAA with a target's addresses; without its HTTPS record, its visitors lose HTTP/3 on
+// the first connection and ECH altogether, while a name that is a plain CNAME keeps both.
+
+// isHTTPSQuery reports whether r is an HTTPS query flatten may answer: opcode QUERY, class IN,
+// one question of type HTTPS.
+func isHTTPSQuery(r *dns.Msg) bool {
+	if r.Opcode != dns.OpcodeQuery || len(r.Question) != 1 {
+		return false
+	}
+	q := r.Question[0]
+	return q.Qclass == dns.ClassINET && q.Qtype == dns.TypeHTTPS
+}
+
+// flattenHTTPS answers r, an HTTPS query for a flattened name that follows target now. The zone's
+// own HTTPS RRset at the name wins, and nothing is asked upstream: an operator who publishes one
+// means it. Otherwise the answer is the HTTPS RRset at the end of target's chain, resolved,
+// cached, refreshed ahead and served stale like addresses; a target without HTTPS records gives
+// NODATA.
+func (f *Flatten) flattenHTTPS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, zone string, ttlCap uint32, target string) (int, error) {
+	qname := r.Question[0].Name
+	if m, _, _ := f.askNext(ctx, w, r, qname, dns.TypeHTTPS); m != nil && m.Rcode == dns.RcodeSuccess && holds(m, qname, dns.TypeHTTPS) {
+		w.WriteMsg(m)
+		return dns.RcodeSuccess, nil
+	}
+	s := f.pool.cache.slotFor(cacheKey{name: target, qtype: dns.TypeHTTPS})
+	return f.flatten(ctx, w, r, zone, ttlCap, []*slot{s})
+}
+
+// httpsTarget returns the target of a whose HTTPS records a query for its name gets: the one
+// answering its addresses. With peek, from what is known now, without asking upstream.
+func (f *Flatten) httpsTarget(ctx context.Context, a alias, peek bool) string {
+	if a.one != nil {
+		return a.one.name()
+	}
+	return a.more[f.answering(ctx, [2][]*slot{a.slots(0, nil), a.slots(1, nil)}, peek)].name()
+}
+
+// answering returns the index of the target whose addresses a query for the name gets, so that
+// the HTTPS answer's hints and ECH keys belong to the addresses served. addrSlots holds the
+// targets' slots for A and for AAAA (by qtypeIndex, each in the targets' order). It is the target
+// that answers A, else AAAA, as the failover ladder ranks them (failover.go), resolved as a query
+// for them would be (a browser asks for both at the same time: the resolutions are shared); with
+// peek, from what is known now, and the first target when nothing is.
+func (f *Flatten) answering(ctx context.Context, addrSlots [2][]*slot, peek bool) int {
+	if len(addrSlots[0]) <= 1 {
+		return 0
+	}
+	for _, slots := range addrSlots {
+		if c, _ := f.pick(ctx, &question{peek: peek}, slots); c.e != nil && !c.e.negative() {
+			return c.i
+		}
+	}
+	return 0
+}
+
+// holds reports whether m answers with records of qtype owned by name.
+func holds(m *dns.Msg, name string, qtype uint16) bool {
+	for _, rr := range m.Answer {
+		if h := rr.Header(); h.Rrtype == qtype && strings.EqualFold(h.Name, name) {
+			return true
+		}
+	}
+	return false
+}
