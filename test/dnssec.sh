@@ -6,8 +6,8 @@
 #     stub-zoned to CoreDNS; `dig +dnssec` through it must show NOERROR and the AD flag;
 #   * BIND's delv, asking CoreDNS directly with the same anchor; it must say "fully validated".
 #
-# Checked: example.com A and AAAA (flattened from client1.agency.example), a NODATA
-# (v4only.example.com AAAA: its target has no AAAA), the apex MX (from *file*), a CNAME to the
+# Checked: example.com A, AAAA and HTTPS (flattened from client1.agency.example), NODATA
+# (v4only.example.com AAAA and HTTPS: its target has neither), the apex MX (from *file*), a CNAME to the
 # flattened apex, no record or signature of the agency's zone in CoreDNS's answers, and that the
 # checks can fail: with a wrong trust anchor the same question must come back SERVFAIL (bogus).
 #
@@ -118,6 +118,9 @@ cat >>"$tmp/db.agency.example" <<'EOF'
 ; v4only.example.com follows client3: an A record and no AAAA, so AAAA is NODATA.
 client3 300 IN CNAME server3.agency.example.
 server3 300 IN A     192.0.2.30
+
+; server1's HTTPS record, which the flattened names follow (`https`); server3 has none.
+server1 600 IN HTTPS 1 . alpn="h3,h2" ipv4hint=192.0.2.10,192.0.2.11 ipv6hint=2001:db8::10 ech=AEX+DQBBpQAgACBtaGVsbG8= key65333=opaque
 EOF
 
 # --- Servers -----------------------------------------------------------------------------------
@@ -156,6 +159,7 @@ example.com:$port {
         alias @ client1.agency.example.
         alias v4only client3.agency.example.
         alias shop client1.agency.example.
+        https
     }
     file $tmp/db.example.com example.com
 }
@@ -320,6 +324,15 @@ secure "NODATA" v4only.example.com AAAA
 secure "flattened A (non-apex alias)" v4only.example.com A 'v4only\.example\.com\..*IN[[:space:]]+A[[:space:]]+192\.0\.2\.30$'
 secure "apex MX" example.com MX 'example\.com\..*IN[[:space:]]+MX[[:space:]]+10 mail\.example\.com\.$'
 secure "CNAME to the flattened apex" www.example.com A 'www\.example\.com\..*CNAME[[:space:]]+example\.com\.$' "${v4}192\.0\.2\.10\$"
+
+# HTTPS records at flattened names (`https`): server1's, under the flattened name, signed by
+# example.com; none at v4only (server3 has none): a proved NODATA.
+https_data='1 \. alpn="h3,h2" ipv4hint="?192\.0\.2\.10,192\.0\.2\.11"? ech="?AEX\+DQBBpQAgACBtaGVsbG8="? ipv6hint="?2001:db8::10"? key65333="opaque"' # dig quotes only some values
+secure "flattened HTTPS" example.com HTTPS "example\.com\.[[:space:]]+[0-9]+[[:space:]]+IN[[:space:]]+HTTPS[[:space:]]+${https_data}\$" \
+	'RRSIG[[:space:]]+HTTPS 13 2 .* example\.com\. '
+secure "flattened HTTPS, NODATA" v4only.example.com HTTPS
+delv_check "flattened HTTPS" example.com HTTPS "; fully validated"
+delv_check "flattened HTTPS, NODATA" v4only.example.com HTTPS "; negative response, fully validated"
 
 delv_check "flattened A" example.com A "; fully validated"
 delv_check "flattened AAAA" example.com AAAA "; fully validated"
