@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -325,5 +326,39 @@ func TestHTTPSTransferred(t *testing.T) {
 	})
 	if s := soaSerial(t, rrs); !serialLess(first, s) {
 		t.Errorf("serial %d after the HTTPS change, want above %d", s, first)
+	}
+}
+
+// TestHTTPSCoalescedAndClamped: concurrent HTTPS queries for a cold target share one upstream
+// question per name of the chain, and the TTL is held within `ttl MIN MAX` like addresses'.
+func TestHTTPSCoalescedAndClamped(t *testing.T) {
+	u := newFakeUpstream(t, cdnHTTPS...)
+	u.handle("edge.cdn.test.", func(w dns.ResponseWriter, r *dns.Msg) {
+		time.Sleep(200 * time.Millisecond) // long enough for every query below to arrive first
+		w.WriteMsg(u.answer(r))
+	})
+	srv, _ := startCoreDNS(t, flattenCorefile(exampleZone(t), "alias @ app.paas.test.", "upstream "+u.Addr, "https", "ttl 100 200"))
+	var wg sync.WaitGroup
+	answers := make([]*dns.Msg, 20)
+	errs := make([]error, len(answers))
+	for i := range answers {
+		wg.Go(func() {
+			m := new(dns.Msg)
+			m.SetQuestion("example.org.", dns.TypeHTTPS)
+			answers[i], _, errs[i] = (&dns.Client{Timeout: 5 * time.Second}).Exchange(m, srv.addr("udp"))
+		})
+	}
+	wg.Wait()
+	for i, m := range answers {
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
+		if len(m.Answer) != 2 {
+			t.Fatalf("want the two HTTPS records, got\n%s", m)
+		}
+		checkTTL(t, m, 95, 100) // the chain's 90, raised to MIN
+	}
+	if c := u.count("edge.cdn.test.", dns.TypeHTTPS); c != 1 {
+		t.Errorf("edge.cdn.test HTTPS asked %d times for 20 concurrent queries, want 1", c)
 	}
 }
