@@ -152,8 +152,7 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	// An ALIAS record in the zone: flattened like a configured alias, its TTL one more bound.
 	if f.zoneAliases != nil {
 		if za := f.zoneAliasFor(ctx, w, r, name); za.target != "" {
-			s := f.pool.cache.slotFor(cacheKey{name: za.target, qtype: qtype})
-			return f.flatten(ctx, w, r, zone, za.ttl, []*slot{s})
+			return f.flattenZoneTarget(ctx, w, r, zone, za.ttl, za.target)
 		}
 	}
 	if f.cfg.cnames.match(name) {
@@ -210,9 +209,14 @@ func isAddressQuery(r *dns.Msg) bool {
 // ttlCap bounds the answer's TTL: an ALIAS record's TTL, or the TTLs of the part of a CNAME chain
 // that is in the zone.
 func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, zone string, ttlCap uint32, slots []*slot) (int, error) {
+	return f.flattenFor(ctx, w, r, zone, ttlCap, slots, f.cfg.policyFor(false))
+}
+
+// flattenFor is flatten under an address policy: the `alias` lines' or zone data's (policy.go).
+func (f *Flatten) flattenFor(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, zone string, ttlCap uint32, slots []*slot, policy *addrPolicy) (int, error) {
 	t := f.tallyFor(metrics.WithServer(ctx))
 	t.requests.Add(1)
-	q := question{tally: t, path: pathFrom(ctx)}
+	q := question{tally: t, path: pathFrom(ctx), policy: policy}
 	if f.cfg.ecs != nil {
 		// A malformed ECS option is rejected before anything is looked up (ecs.go).
 		if _, err := clientECS(r); err != nil {
@@ -309,7 +313,7 @@ func (f *Flatten) offer(ctx context.Context, q *question, pk *picker, i int, s *
 		q.key.scope = subnetOf(q.sub)
 	}
 	e, src, err := f.pool.cache.get(ctx, s, q)
-	return pk.add(i, e, src, err, f.pool.health)
+	return pk.add(i, e, src, err, q.policy, f.pool.health)
 }
 
 // answer writes a flattened answer from e: the address RRset under the question name exactly

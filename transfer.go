@@ -269,7 +269,9 @@ func (f *Flatten) flatNames(zone string, rrs []dns.RR) []flatName {
 			seen[owner] = true
 			n := flatName{name: owner, targets: []string{target}, ttlCap: h.Ttl}
 			for qi, qtype := range qtypes {
-				n.slots[qi] = []*slot{f.pool.cache.slotFor(cacheKey{name: target, qtype: qtype})}
+				if f.cfg.targetAllowed(target) { // else no slot: the zone's own records (policy.go)
+					n.slots[qi] = []*slot{f.pool.cache.slotFor(cacheKey{name: target, qtype: qtype})}
+				}
 			}
 			names = append(names, n)
 		}
@@ -342,7 +344,9 @@ func (f *Flatten) materialize(zone string, names []flatName) ([]dns.RR, uint64) 
 		for qi, qtype := range qtypes {
 			r := new(dns.Msg)
 			r.SetQuestion(n.name, qtype)
-			v := f.decide(context.Background(), selfWriter, r, &question{peek: true}, n.slots[qi])
+			// A name with a TTL cap is an ALIAS record of the zone: zone data chose its target.
+			q := &question{peek: true, policy: f.cfg.policyFor(n.ttlCap != math.MaxUint32)}
+			v := f.decide(context.Background(), selfWriter, r, q, n.slots[qi])
 			var rrs []dns.RR
 			switch c := v.candidate; {
 			case c.e != nil && !c.e.negative():
