@@ -214,6 +214,15 @@ func TestDenyAddressesExplicit(t *testing.T) {
 	zone = exampleZone(t, aliasRR(t, "zloop", 300, "loop.agency.test."))
 	addr, _ = startCoreDNS(t, flattenCorefile(zone, "zone_alias", "deny_addresses none", "upstream "+u.Addr))
 	checkAddrs(t, query(t, addr, "udp", "zloop.example.org.", dns.TypeA, 0), "zloop.example.org.", "127.0.0.1")
+
+	// A block without any of the options: the default list for zone data.
+	zone = exampleZone(t, aliasRR(t, "zloop", 300, "loop.agency.test."))
+	addr, _ = startCoreDNS(t, flattenCorefile(zone, "zone_alias", "alias op loop.agency.test", "upstream "+u.Addr))
+	m := query(t, addr, "udp", "zloop.example.org.", dns.TypeA, 1232)
+	if e := ede(m); m.Rcode != dns.RcodeServerFailure || e == nil || e.InfoCode != dns.ExtendedErrorCodeProhibited {
+		t.Errorf("no options, zone_alias to 127.0.0.1: want SERVFAIL EDE 18, got\n%s", m)
+	}
+	checkAddrs(t, query(t, addr, "udp", "op.example.org.", dns.TypeA, 0), "op.example.org.", "127.0.0.1")
 }
 
 // max_addresses keeps the first N of the target's 500 addresses, in the target's order.
