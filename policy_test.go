@@ -252,3 +252,30 @@ func TestMaxAddresses(t *testing.T) {
 		t.Errorf("no max_addresses: %d addresses, want 500", len(m.Answer))
 	}
 }
+
+// Zone transfers carry what queries get: zone data's targets outside allow_targets are not
+// resolved (the zone's own records go out), and denied addresses are left out.
+func TestTransferPolicy(t *testing.T) {
+	u := newFakeUpstream(t,
+		"za.agency.test. 300 IN A 192.0.2.30", "za.agency.test. 300 IN A 127.0.0.1",
+		"evil.example.net. 300 IN A 192.0.2.66")
+	zone := exampleZone(t,
+		aliasRecord(t, "za", 120, "za.agency.test."),
+		aliasRecord(t, "evil", 120, "evil.example.net."),
+		"evil 300 IN A 192.0.2.97")
+	srv, _ := startCoreDNS(t, transferCorefile(zone, "", "zone_alias", "allow_targets agency.test", "upstream "+u.Addr))
+	var rrs []dns.RR
+	waitFor(t, "za's address in the transfer", func() bool {
+		rrs = axfr(t, srv, "example.org.", 0)
+		return len(recordsAt(rrs, "za.example.org.", dns.TypeA)) > 0
+	})
+	if got := recordsAt(rrs, "za.example.org.", dns.TypeA); !slices.Equal(got, []string{"192.0.2.30"}) {
+		t.Errorf("za A: %q, want 192.0.2.30 alone", got)
+	}
+	if got := recordsAt(rrs, "evil.example.org.", dns.TypeA); !slices.Equal(got, []string{"192.0.2.97"}) {
+		t.Errorf("evil A: %q, want the zone's own 192.0.2.97", got)
+	}
+	if n := u.count("evil.example.net.", dns.TypeA); n != 0 {
+		t.Errorf("a target outside allow_targets was asked upstream %d times", n)
+	}
+}
