@@ -38,6 +38,13 @@ type question struct {
 	// peek asks what the cache would answer now, without resolving or waiting: an explanation
 	// must not change what it explains.
 	peek bool
+	// dnssec asks the upstream to validate (DO and AD set), for `dnssec_targets secure`; the
+	// walker sets it.
+	dnssec bool
+	// policy filters the addresses the query may be answered with (`deny_addresses`,
+	// `max_addresses`); nil: all of them. Read when answering, not when resolving: the cache
+	// is shared by names flattened under different policies.
+	policy *addrPolicy
 }
 
 // nested reports a lookup made by another resolution through this server.
@@ -402,7 +409,7 @@ func (c *cache) run(ctx context.Context, s *slot, fl *flight, q question) {
 // lead to become the shared copies (ch's hops are taken over), and its TTL, clamped by `ttl MIN
 // MAX`, the lifetime.
 func (c *cache) newEntry(ch *chain, now time.Time) *entry {
-	e := &entry{fetched: since(now), ttl: c.cfg.clampTTL(ch.ttl), nxdomain: ch.nxdomain, set: shared.addrs(ch.addrs)}
+	e := &entry{fetched: since(now), ttl: c.cfg.clampTTL(ch.ttl), nxdomain: ch.nxdomain, set: shared.addrs(ch.addrs), validated: ch.validated}
 	if len(ch.hops) > 0 {
 		for i := range ch.hops {
 			ch.hops[i].target = shared.name(ch.hops[i].target)
@@ -442,7 +449,9 @@ func (c *cache) ttl(e *entry, src source, now time.Time) uint32 {
 func (c *cache) adopt(old *cache) {
 	entries := map[cacheKey]*entry{}
 	keep := func(s *slot) {
-		if e := s.good.Load(); e != nil {
+		// With `dnssec_targets secure`, an answer the old pool took without validation must not
+		// be served, even stale.
+		if e := s.good.Load(); e != nil && (e.validated || !c.cfg.secureTargets()) {
 			entries[s.key()] = e
 		}
 	}

@@ -50,6 +50,10 @@ type config struct {
 	health      *healthConfig // `health_check`; nil when off
 	notify      *notifyConfig // `notify_from`; nil without
 
+	// sec is the security options (policy.go); nil when the block gives none. One pointer: a
+	// block's config is kept per block (TestMemoryPerBlock).
+	sec *securityConfig
+
 	// labels are the block's metric labels; their server, the listener's, is for work no query
 	// carries (a query carries its own).
 	labels metricLabels

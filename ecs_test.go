@@ -930,7 +930,7 @@ func FuzzECS(f *testing.F) {
 	var upstreamScope atomic.Uint32
 	w := &walker{ex: questionFunc(func(ctx context.Context, fq question, name string) (*dns.Msg, error) {
 		qtype := fq.key.qtype
-		q := newQuery(name, qtype)
+		q := newQuery(name, qtype, false)
 		addECS(q, fq.sub)
 		m := reply(q, aRR(name, 60, "192.0.2.10"))
 		if qtype == dns.TypeAAAA {

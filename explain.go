@@ -60,9 +60,10 @@ func (f *Flatten) explain(ctx context.Context, w dns.ResponseWriter, r *dns.Msg)
 			head += " via=" + via
 		}
 		lines = append(lines, head)
+		lines = append(lines, f.explainPolicy(kind, targets)...)
 		now := f.pool.cache.now()
 		for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
-			lines = append(lines, f.explainAnswer(ctx, w, r, name, qtype, targets, now))
+			lines = append(lines, f.explainAnswer(ctx, w, r, name, qtype, kind, targets, now))
 			for i, t := range targets {
 				lines = append(lines, f.explainTarget(i, t, qtype, now))
 			}
@@ -74,7 +75,7 @@ func (f *Flatten) explain(ctx context.Context, w dns.ResponseWriter, r *dns.Msg)
 				target = f.httpsTarget(ctx, a, true)
 			}
 			i := slices.Index(targets, target)
-			lines = append(lines, f.explainAnswer(ctx, w, r, name, dns.TypeHTTPS, []string{target}, now), f.explainTarget(i, target, dns.TypeHTTPS, now))
+			lines = append(lines, f.explainAnswer(ctx, w, r, name, dns.TypeHTTPS, kind, []string{target}, now), f.explainTarget(i, target, dns.TypeHTTPS, now))
 		}
 		lines = append(lines, f.explainHealth(targets)...)
 	}
@@ -134,16 +135,17 @@ func (f *Flatten) slotOf(target string, qtype uint16) *slot {
 
 // explainAnswer says what a query for qtype gets now, ranked as flatten ranks it, but from the
 // cache alone.
-func (f *Flatten) explainAnswer(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, name string, qtype uint16, targets []string, now time.Time) string {
+func (f *Flatten) explainAnswer(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, name string, qtype uint16, kind string, targets []string, now time.Time) string {
+	fromZone := kind != "alias"
 	var slots []*slot
 	for _, t := range targets {
-		if s := f.slotOf(t, qtype); s != nil {
+		if s := f.slotOf(t, qtype); s != nil && (!fromZone || f.cfg.targetAllowed(t)) {
 			slots = append(slots, s)
 		}
 	}
 	q := r.Copy()
 	q.Question[0] = dns.Question{Name: name, Qtype: qtype, Qclass: dns.ClassINET}
-	v := f.decide(ctx, w, q, &question{peek: true}, slots)
+	v := f.decide(ctx, w, q, &question{peek: true, policy: f.cfg.policyFor(fromZone)}, slots)
 	typ := dns.TypeToString[qtype]
 	switch c := v.candidate; {
 	case c.e == nil && len(v.fallback) > 0:
@@ -208,6 +210,9 @@ func (f *Flatten) explainTarget(i int, target string, qtype uint16, now time.Tim
 		} else {
 			fmt.Fprintf(&b, " addrs=%s", addrList(e.addrs()))
 		}
+	}
+	if f.cfg.secureTargets() {
+		b.WriteString(" dnssec=" + validationState(s))
 	}
 	if fl := s.fail.Load(); fl != nil {
 		fmt.Fprintf(&b, " last_error='%s' error_at=%s", fl.err.text, fl.at.UTC().Format(time.RFC3339))

@@ -32,10 +32,11 @@ type picker struct {
 	err                          *resolveError // the first failure seen
 }
 
-// add offers target i's answer. health, when health checks are on (not nil), drops addresses
-// that are down. add reports true when the answer is the best possible, so later targets need not
-// be asked.
-func (p *picker) add(i int, e *entry, src source, err *resolveError, health *healthChecker) bool {
+// add offers target i's answer. policy drops the addresses the query may not be answered with
+// (`deny_addresses`, `max_addresses`): an answer left with none is a failure (EDE 18), and the
+// ladder goes on. health, when health checks are on (not nil), drops addresses that are down. add
+// reports true when the answer is the best possible, so later targets need not be asked.
+func (p *picker) add(i int, e *entry, src source, err *resolveError, policy *addrPolicy, health *healthChecker) bool {
 	if err != nil {
 		p.fail(err)
 	}
@@ -43,16 +44,23 @@ func (p *picker) add(i int, e *entry, src source, err *resolveError, health *hea
 		return false
 	}
 	c := candidate{i: i, e: e, src: src, addrs: e.addrs()}
-	switch {
-	case e.negative():
+	if e.negative() {
 		if p.negative.e == nil {
 			p.negative = c
 		}
 		return false
-	case health != nil:
-		if c.addrs = health.filter(e.addrs()); len(c.addrs) == 0 {
+	}
+	if policy != nil {
+		if c.addrs = policy.apply(c.addrs); len(c.addrs) == 0 {
+			p.fail(errAllDenied)
+			return false
+		}
+	}
+	if health != nil {
+		allowed := c.addrs
+		if c.addrs = health.filter(allowed); len(c.addrs) == 0 {
 			if p.down.e == nil {
-				c.addrs = e.addrs()
+				c.addrs = allowed
 				p.down = c
 			}
 			return false
@@ -67,6 +75,9 @@ func (p *picker) add(i int, e *entry, src source, err *resolveError, health *hea
 	p.fresh = c
 	return true
 }
+
+// errAllDenied is the failure of a target whose every address `deny_addresses` drops.
+var errAllDenied = errProhibited("every address of the target is inside deny_addresses")
 
 // fail records a target's failure; the first one is what a SERVFAIL reports.
 func (p *picker) fail(err *resolveError) {

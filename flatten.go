@@ -142,7 +142,7 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	// A configured alias: answered from memory, without looking at the zone.
 	if a, ok := f.aliases.get(qname); ok {
 		if https {
-			return f.flattenHTTPS(ctx, w, r, f.zoneOf(qname), math.MaxUint32, f.httpsTarget(ctx, a, false))
+			return f.flattenHTTPS(ctx, w, r, f.zoneOf(qname), math.MaxUint32, f.httpsTarget(ctx, a, false), f.cfg.policyFor(false))
 		}
 		var one [1]*slot
 		return f.flatten(ctx, w, r, f.zoneOf(qname), math.MaxUint32, a.slots(qtypeIndex(qtype), one[:0]))
@@ -156,11 +156,7 @@ func (f *Flatten) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	// An ALIAS record in the zone: flattened like a configured alias, its TTL one more bound.
 	if f.zoneAliases != nil {
 		if za := f.zoneAliasFor(ctx, w, r, name); za.target != "" {
-			if https {
-				return f.flattenHTTPS(ctx, w, r, zone, za.ttl, za.target)
-			}
-			s := f.pool.cache.slotFor(cacheKey{name: za.target, qtype: qtype})
-			return f.flatten(ctx, w, r, zone, za.ttl, []*slot{s})
+			return f.flattenZoneTarget(ctx, w, r, zone, za.ttl, za.target)
 		}
 	}
 	if !https && f.cfg.cnames.match(name) {
@@ -217,9 +213,14 @@ func isAddressQuery(r *dns.Msg) bool {
 // ttlCap bounds the answer's TTL: an ALIAS record's TTL, or the TTLs of the part of a CNAME chain
 // that is in the zone.
 func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, zone string, ttlCap uint32, slots []*slot) (int, error) {
+	return f.flattenFor(ctx, w, r, zone, ttlCap, slots, f.cfg.policyFor(false))
+}
+
+// flattenFor is flatten under an address policy: the `alias` lines' or zone data's (policy.go).
+func (f *Flatten) flattenFor(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, zone string, ttlCap uint32, slots []*slot, policy *addrPolicy) (int, error) {
 	t := f.tallyFor(metrics.WithServer(ctx))
 	t.requests.Add(1)
-	q := question{tally: t, path: pathFrom(ctx)}
+	q := question{tally: t, path: pathFrom(ctx), policy: policy}
 	if f.cfg.ecs != nil {
 		// A malformed ECS option is rejected before anything is looked up (ecs.go).
 		if _, err := clientECS(r); err != nil {
@@ -240,7 +241,7 @@ func (f *Flatten) flatten(ctx context.Context, w dns.ResponseWriter, r *dns.Msg,
 			t.failover.Add(1)
 		}
 		f.noteAnswer(ctx, slots[c.i].name, c.src.String(), c.e)
-		return f.answer(ctx, w, r, zone, c.entry(), c.src, ttlCap)
+		return f.answer(ctx, w, r, zone, c.entry(), c.src, ttlCap, q.policy)
 	}
 
 	if len(v.fallback) > 0 {
@@ -316,14 +317,18 @@ func (f *Flatten) offer(ctx context.Context, q *question, pk *picker, i int, s *
 		q.key.scope = subnetOf(q.sub)
 	}
 	e, src, err := f.pool.cache.get(ctx, s, q)
-	return pk.add(i, e, src, err, f.pool.health)
+	policy := q.policy
+	if s.qi == httpsIndex {
+		policy = nil // it filters addresses; an HTTPS RRset's hints are trimmed in answer
+	}
+	return pk.add(i, e, src, err, policy, f.pool.health)
 }
 
 // answer writes a flattened answer from e: the address RRset under the question name exactly
 // as the client spelled it, AA set, no CNAME. A target without addresses of the type gets
 // NODATA with the zone's SOA (RFC 2308 2.2), never NXDOMAIN: the name exists and owns the
 // zone's other records.
-func (f *Flatten) answer(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, zone string, e *entry, src source, ttlCap uint32) (int, error) {
+func (f *Flatten) answer(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, zone string, e *entry, src source, ttlCap uint32, policy *addrPolicy) (int, error) {
 	ttl := f.answerTTL(e, src, ttlCap)
 	m := authoritative(r)
 	if e.negative() {
@@ -335,8 +340,8 @@ func (f *Flatten) answer(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, 
 		}
 	} else {
 		m.Answer = renamed(e.addrs(), r.Question[0].Name, ttl)
-		if h := f.pool.health; h != nil && r.Question[0].Qtype == dns.TypeHTTPS {
-			h.trimHints(m.Answer)
+		if r.Question[0].Qtype == dns.TypeHTTPS {
+			f.trimHints(m.Answer, policy)
 		}
 	}
 	if src == srcStale && r.IsEdns0() != nil {

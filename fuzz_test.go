@@ -28,7 +28,7 @@ import (
 
 // faultQuestion is the question the fault cases' upstream answers.
 func faultQuestion(qtype uint16) *dns.Msg {
-	q := newQuery(faultTarget, qtype)
+	q := newQuery(faultTarget, qtype, false)
 	q.Id = 4242
 	return q
 }

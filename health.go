@@ -4,7 +4,6 @@ import (
 	"context"
 	"net"
 	"net/netip"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -278,36 +277,13 @@ func (h *healthChecker) filter(rrs []dns.RR) []dns.RR {
 	return out
 }
 
-// trimHints removes the addresses marked down from the ipv4hint and ipv6hint SvcParams of the
-// HTTPS records in rrs, copies the caller owns: a client may connect to a hint before the A/AAAA
-// answer arrives (RFC 9460 7.3), and must not be sent where that answer would not send it. A hint
-// left with no address is dropped, as an empty one is malformed (RFC 9460 7.3).
-func (h *healthChecker) trimHints(rrs []dns.RR) {
+// downNow returns whether an address is marked down, by the last round; nil when none is.
+func (h *healthChecker) downNow() func(netip.Addr) bool {
 	s := h.snap.Load()
 	if s == nil || s.down == 0 {
-		return
+		return nil
 	}
-	up := func(ip net.IP) bool {
-		a, ok := netip.AddrFromSlice(ip)
-		return !ok || s.addrs[a.Unmap()].state != healthDown
-	}
-	for _, rr := range rrs {
-		v, ok := rr.(*dns.HTTPS)
-		if !ok {
-			continue
-		}
-		v.Value = slices.DeleteFunc(v.Value, func(kv dns.SVCBKeyValue) bool {
-			switch hint := kv.(type) {
-			case *dns.SVCBIPv4Hint:
-				hint.Hint = slices.DeleteFunc(hint.Hint, func(ip net.IP) bool { return !up(ip) })
-				return len(hint.Hint) == 0
-			case *dns.SVCBIPv6Hint:
-				hint.Hint = slices.DeleteFunc(hint.Hint, func(ip net.IP) bool { return !up(ip) })
-				return len(hint.Hint) == 0
-			}
-			return false
-		})
-	}
+	return func(a netip.Addr) bool { return s.addrs[a.Unmap()].state == healthDown }
 }
 
 // isDown reports whether rr is an address record of an address marked down.

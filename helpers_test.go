@@ -488,7 +488,7 @@ func metric(t *testing.T, name string, values ...string) float64 {
 	if err != nil {
 		t.Fatalf("gather: %v", err)
 	}
-	keys := []string{"server", "zones", "view", "reason", "result"}
+	keys := []string{"server", "zones", "view", "reason", "result", "outcome"}
 	for _, mf := range families {
 		if mf.GetName() != "coredns_flatten_"+name {
 			continue

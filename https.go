@@ -2,6 +2,9 @@ package flatten
 
 import (
 	"context"
+	"net"
+	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/miekg/dns"
@@ -23,19 +26,20 @@ func isHTTPSQuery(r *dns.Msg) bool {
 	return q.Qclass == dns.ClassINET && q.Qtype == dns.TypeHTTPS
 }
 
-// flattenHTTPS answers r, an HTTPS query for a flattened name that follows target now. The zone's
+// flattenHTTPS answers r, an HTTPS query for a flattened name that follows target now, whose
+// addresses policy filters (`deny_addresses`: it filters the hints too). The zone's
 // own HTTPS RRset at the name wins, and nothing is asked upstream: an operator who publishes one
 // means it. Otherwise the answer is the HTTPS RRset at the end of target's chain, resolved,
 // cached, refreshed ahead and served stale like addresses; a target without HTTPS records gives
 // NODATA.
-func (f *Flatten) flattenHTTPS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, zone string, ttlCap uint32, target string) (int, error) {
+func (f *Flatten) flattenHTTPS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, zone string, ttlCap uint32, target string, policy *addrPolicy) (int, error) {
 	qname := r.Question[0].Name
 	if m, _, _ := f.askNext(ctx, w, r, qname, dns.TypeHTTPS); m != nil && m.Rcode == dns.RcodeSuccess && holds(m, qname, dns.TypeHTTPS) {
 		w.WriteMsg(m)
 		return dns.RcodeSuccess, nil
 	}
 	s := f.pool.cache.slotFor(cacheKey{name: target, qtype: dns.TypeHTTPS})
-	return f.flatten(ctx, w, r, zone, ttlCap, []*slot{s})
+	return f.flattenFor(ctx, w, r, zone, ttlCap, []*slot{s}, policy)
 }
 
 // httpsTarget returns the target of a whose HTTPS records a query for its name gets: the one
@@ -73,4 +77,41 @@ func holds(m *dns.Msg, name string, qtype uint16) bool {
 		}
 	}
 	return false
+}
+
+// trimHints removes from the ipv4hint and ipv6hint SvcParams of the HTTPS records in rrs, copies
+// the caller owns, the addresses an A/AAAA answer would not carry: those health checks marked
+// down, and those inside `deny_addresses` (policy). A client may connect to a hint before the
+// A/AAAA answer arrives (RFC 9460 7.3), and must not be sent where that answer would not send
+// it. A hint left with no address is dropped, as an empty one is malformed (RFC 9460 7.3).
+func (f *Flatten) trimHints(rrs []dns.RR, policy *addrPolicy) {
+	var down func(netip.Addr) bool
+	if f.pool.health != nil {
+		down = f.pool.health.downNow()
+	}
+	if down == nil && (policy == nil || len(policy.deny) == 0) {
+		return
+	}
+	drop := func(ip net.IP) bool {
+		a, ok := netip.AddrFromSlice(ip)
+		a = a.Unmap()
+		return ok && ((down != nil && down(a)) || policy.deniesAddr(a))
+	}
+	for _, rr := range rrs {
+		v, ok := rr.(*dns.HTTPS)
+		if !ok {
+			continue
+		}
+		v.Value = slices.DeleteFunc(v.Value, func(kv dns.SVCBKeyValue) bool {
+			switch hint := kv.(type) {
+			case *dns.SVCBIPv4Hint:
+				hint.Hint = slices.DeleteFunc(hint.Hint, drop)
+				return len(hint.Hint) == 0
+			case *dns.SVCBIPv6Hint:
+				hint.Hint = slices.DeleteFunc(hint.Hint, drop)
+				return len(hint.Hint) == 0
+			}
+			return false
+		})
+	}
 }

@@ -234,27 +234,46 @@ func TestHTTPSFollowsFailoverAndHealth(t *testing.T) {
 	}
 }
 
-// TestTrimHints: a hint whose every address is down is dropped (an empty one is malformed); other
+// TestTrimHints: addresses marked down by health checks, or inside `deny_addresses`, leave the
+// hints; a hint whose every address is dropped is dropped (an empty one is malformed); other
 // SvcParams, and records of other types, are left alone.
 func TestTrimHints(t *testing.T) {
 	down4, down6, up := lo4(3), netip.MustParseAddr("2001:db8::3"), lo4(2)
 	h := newHealthChecker(53, 0, nil, tallyOf(metricLabels{server: "test-hints"}), newBackground())
-	h.snap.Store(&healthSnapshot{addrs: map[netip.Addr]addrHealth{down4: {state: healthDown}, down6: {state: healthDown}, up: {state: healthUp}}, down: 2})
-	rrs := []dns.RR{
-		mustRR(t, "example.org. 60 IN HTTPS 1 . alpn=h3 ipv4hint=127.0.0.2,127.0.0.3 ipv6hint=2001:db8::3 port=443"),
-		mustRR(t, "example.org. 60 IN HTTPS 2 . ipv4hint=127.0.0.3"),
-		&dns.A{Hdr: dns.RR_Header{Name: "example.org.", Rrtype: dns.TypeA, Class: dns.ClassINET}, A: net.IP(down4.AsSlice())},
-	}
-	h.trimHints(rrs)
-	want := []string{`1 . alpn="h3" ipv4hint="127.0.0.2" port="443"`, "2 ."}
-	for i, w := range want {
-		if got := strings.TrimPrefix(rrs[i].String(), rrs[i].Header().String()); got != w {
-			t.Errorf("record %d: %q, want %q", i, got, w)
+	f := &Flatten{pool: &pool{health: h}}
+	records := func() []dns.RR {
+		return []dns.RR{
+			mustRR(t, "example.org. 60 IN HTTPS 1 . alpn=h3 ipv4hint=127.0.0.2,127.0.0.3 ipv6hint=2001:db8::3 port=443"),
+			mustRR(t, "example.org. 60 IN HTTPS 2 . ipv4hint=127.0.0.3"),
+			&dns.A{Hdr: dns.RR_Header{Name: "example.org.", Rrtype: dns.TypeA, Class: dns.ClassINET}, A: net.IP(down4.AsSlice())},
 		}
 	}
-	if rrs[2].(*dns.A).A.String() != "127.0.0.3" {
-		t.Errorf("an A record was changed: %s", rrs[2])
+	check := func(what string, rrs []dns.RR, want ...string) {
+		t.Helper()
+		for i, w := range want {
+			if got := strings.TrimPrefix(rrs[i].String(), rrs[i].Header().String()); got != w {
+				t.Errorf("%s: record %d: %q, want %q", what, i, got, w)
+			}
+		}
+		if rrs[2].(*dns.A).A.String() != "127.0.0.3" {
+			t.Errorf("%s: an A record was changed: %s", what, rrs[2])
+		}
 	}
+	all := []string{`1 . alpn="h3" ipv4hint="127.0.0.2,127.0.0.3" ipv6hint="2001:db8::3" port="443"`, `2 . ipv4hint="127.0.0.3"`}
+
+	rrs := records()
+	f.trimHints(rrs, nil) // nothing probed, no policy
+	check("nothing down", rrs, all...)
+
+	h.snap.Store(&healthSnapshot{addrs: map[netip.Addr]addrHealth{down4: {state: healthDown}, down6: {state: healthDown}, up: {state: healthUp}}, down: 2})
+	rrs = records()
+	f.trimHints(rrs, nil)
+	check("health", rrs, `1 . alpn="h3" ipv4hint="127.0.0.2" port="443"`, "2 .")
+
+	h.snap.Store(nil)
+	rrs = records()
+	f.trimHints(rrs, &addrPolicy{deny: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32"), netip.MustParsePrefix("2001:db8::/32")}})
+	check("deny_addresses", rrs, `1 . alpn="h3" ipv4hint="127.0.0.3" port="443"`, `2 . ipv4hint="127.0.0.3"`)
 }
 
 // TestHTTPSExplain: explain tells what an HTTPS query gets.
@@ -360,5 +379,29 @@ func TestHTTPSCoalescedAndClamped(t *testing.T) {
 	}
 	if c := u.count("edge.cdn.test.", dns.TypeHTTPS); c != 1 {
 		t.Errorf("edge.cdn.test HTTPS asked %d times for 20 concurrent queries, want 1", c)
+	}
+}
+
+// TestHTTPSTargetPolicy: for a name flattened from zone data, `allow_targets` holds for HTTPS
+// queries too (a target outside it is never asked), and `deny_addresses` (by default loopback and
+// the like for zone data) leaves the hints as it leaves the addresses.
+func TestHTTPSTargetPolicy(t *testing.T) {
+	u := newFakeUpstream(t,
+		"svc.cdn.test. 300 IN A 192.0.2.1",
+		"svc.cdn.test. 300 IN HTTPS 1 . alpn=h2 ipv4hint=127.0.0.1,192.0.2.1 ipv6hint=::1",
+		"evil.other.test. 300 IN HTTPS 1 . alpn=h2")
+	zone := exampleZone(t, aliasRecord(t, "za", 300, "svc.cdn.test."), aliasRecord(t, "bad", 300, "evil.other.test."))
+	srv, _ := startCoreDNS(t, flattenCorefile(zone, "zone_alias", "https", "allow_targets cdn.test", "upstream "+u.Addr))
+
+	m := query(t, srv, "udp", "za.example.org.", dns.TypeHTTPS, 0)
+	if got := httpsData(t, m, "za.example.org."); !slices.Equal(got, []string{`1 . alpn="h2" ipv4hint="192.0.2.1"`}) {
+		t.Errorf("za HTTPS %q, want the hints without 127.0.0.1 and ::1", got)
+	}
+	m = query(t, srv, "udp", "bad.example.org.", dns.TypeHTTPS, 1232)
+	if e := ede(m); m.Rcode != dns.RcodeServerFailure || e == nil || e.InfoCode != dns.ExtendedErrorCodeProhibited {
+		t.Errorf("bad HTTPS: want SERVFAIL with EDE 18, got\n%s", m)
+	}
+	if c := u.count("evil.other.test.", dns.TypeHTTPS); c != 0 {
+		t.Errorf("a target outside allow_targets was asked %d times", c)
 	}
 }

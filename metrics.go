@@ -49,6 +49,8 @@ type tally struct {
 	refreshes atomic.Uint64 // background resolutions (scheduled and prefetch)
 	errors    [len(errorReasons)]atomic.Uint64
 	probes    [len(probeResults)]atomic.Uint64
+	// validations counts chains resolved with `dnssec_targets secure`, by outcome (validate.go).
+	validations [len(validationOutcomes)]atomic.Uint64
 }
 
 // failed counts a failed upstream question.
@@ -98,7 +100,7 @@ var lookupDuration = promauto.NewHistogramVec(prometheus.HistogramOpts{
 // when scraped from what the blocks hold, so that nothing keeps them in sync by hand.
 type collector struct {
 	// counters, by the tally field they read.
-	requests, hits, misses, stale, fallback, failover, upstream, refreshes, errors, probes *prometheus.Desc
+	requests, hits, misses, stale, fallback, failover, upstream, refreshes, errors, probes, validations *prometheus.Desc
 	// gauges
 	entries, ecsEntries, down, fresh, staleAliases, unresolved *prometheus.Desc
 }
@@ -121,6 +123,7 @@ func newCollector() *collector {
 		refreshes:    desc("refreshes_total", "Counter of background refreshes of cache entries."),
 		errors:       desc("upstream_errors_total", "Counter of upstream questions that failed, by reason.", "reason"),
 		probes:       desc("health_probes_total", "Counter of health check probes of target addresses, by result.", "result"),
+		validations:  desc("dnssec_validations_total", "Counter of chains resolved with dnssec_targets secure, by outcome: secure, unvalidated (no AD), bogus.", "outcome"),
 		entries:      desc("cache_entries", "The number of resolved chains in the cache."),
 		ecsEntries:   desc("ecs_entries", "The number of cache entries for client networks (EDNS Client Subnet)."),
 		down:         desc("health_down_addresses", "The number of target addresses marked down by health checks."),
@@ -133,7 +136,7 @@ func newCollector() *collector {
 // Describe implements prometheus.Collector.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.requests, c.hits, c.misses, c.stale, c.fallback, c.failover,
-		c.upstream, c.refreshes, c.errors, c.probes, c.entries, c.ecsEntries, c.down, c.fresh, c.staleAliases, c.unresolved} {
+		c.upstream, c.refreshes, c.errors, c.probes, c.validations, c.entries, c.ecsEntries, c.down, c.fresh, c.staleAliases, c.unresolved} {
 		ch <- d
 	}
 }
@@ -169,6 +172,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		for i, r := range probeResults {
 			count(c.probes, &t.probes[i], r)
+		}
+		for i, o := range validationOutcomes {
+			count(c.validations, &t.validations[i], o)
 		}
 	}
 

@@ -51,6 +51,10 @@ func poolKey(cfg *config) string {
 	if h := cfg.health; h != nil {
 		fmt.Fprintf(&b, "|health %d %v", h.port, h.interval)
 	}
+	if cfg.secureTargets() {
+		// The upstream questions carry DO, and the cache holds only validated answers.
+		b.WriteString("|dnssec_targets secure")
+	}
 	return b.String()
 }
 
@@ -96,7 +100,7 @@ func newPool(key string, cfg *config) *pool {
 		p.proxies = newProxyExchanger(cfg.upstreams, cfg.timeout)
 		ex = p.proxies
 	}
-	p.resolve = (&walker{ex: ex, maxDepth: cfg.maxDepth}).resolve
+	p.resolve = (&walker{ex: ex, maxDepth: cfg.maxDepth, secure: cfg.secureTargets()}).resolve
 	return p
 }
 

@@ -44,6 +44,9 @@ type chain struct {
 	// scope is the longest ECS SCOPE PREFIX-LENGTH of the answers on the chain: the whole chain
 	// is cached for it (RFC 7871 7.2.1, for "message-focused resolvers").
 	scope uint8
+	// validated is set when every answer on the chain had AD set by a validating upstream
+	// (`dnssec_targets secure`, which accepts no other chain).
+	validated bool
 }
 
 func (c *chain) negative() bool { return len(c.addrs) == 0 }
@@ -136,9 +139,26 @@ func asResolveError(name string, err error) *resolveError {
 type walker struct {
 	ex       exchanger
 	maxDepth int
+	// secure is `dnssec_targets secure`: every question asks the upstream to validate, and an
+	// answer without AD fails the chain (policy.go).
+	secure bool
 }
 
-// resolve walks the chain that starts at q's target (a lowercased FQDN) for its type (A or AAAA,
+// resolve walks the chain that starts at q's target (walk); with secure, it counts the
+// validation outcome.
+func (w *walker) resolve(ctx context.Context, q question) (*chain, error) {
+	if !w.secure {
+		return w.walk(ctx, q)
+	}
+	q.dnssec = true
+	c, err := w.walk(ctx, q)
+	if q.tally != nil {
+		q.tally.validation(c, err)
+	}
+	return c, err
+}
+
+// walk walks the chain that starts at q's target (a lowercased FQDN) for its type (A or AAAA,
 // or HTTPS: RFC 9460 2.4.2 has resolvers follow CNAMEs to it as to addresses).
 //
 // Only records whose owner is on the chain are used: an upstream answer's other records, in any
@@ -146,7 +166,7 @@ type walker struct {
 // CNAME whose target it does not include (an authoritative server answering for its own zone
 // only), the next name is asked for. A name seen twice is a loop; more than maxDepth hops is a
 // failure.
-func (w *walker) resolve(ctx context.Context, q question) (*chain, error) {
+func (w *walker) walk(ctx context.Context, q question) (*chain, error) {
 	target, qtype := q.key.name, q.key.qtype
 	c := &chain{start: target, ttl: math.MaxUint32}
 	visited := map[string]bool{target: true}
@@ -167,6 +187,12 @@ func (w *walker) resolve(ctx context.Context, q question) (*chain, error) {
 		if resp.Rcode != dns.RcodeSuccess && resp.Rcode != dns.RcodeNameError {
 			return nil, errRcode(name, resp)
 		}
+		if q.dnssec && !resp.AuthenticatedData {
+			// RFC 4035 3.2.3: a validating resolver sets AD only when every RRset of the
+			// answer (and the denial, for a negative one) is secure. Without it, the answer
+			// may be insecure or forged, and must not be signed as the zone's own.
+			return nil, errUnvalidated(target, name, resp)
+		}
 		c.scope = max(c.scope, answerScope(resp))
 
 		cur, err := follow(resp, name, qtype, c, visited, w.maxDepth)
@@ -174,6 +200,7 @@ func (w *walker) resolve(ctx context.Context, q question) (*chain, error) {
 			return nil, err
 		}
 		if len(c.addrs) > 0 {
+			c.validated = q.dnssec
 			return c, nil
 		}
 
@@ -182,6 +209,7 @@ func (w *walker) resolve(ctx context.Context, q question) (*chain, error) {
 		if resp.Rcode == dns.RcodeNameError {
 			c.nxdomain = true
 			c.ttl = min(c.ttl, negativeTTL(resp, cur))
+			c.validated = q.dnssec
 			return c, nil
 		}
 		// NOERROR: NODATA for cur if the answer proves it (we asked for cur itself, or a
@@ -192,6 +220,7 @@ func (w *walker) resolve(ctx context.Context, q question) (*chain, error) {
 				return nil, errMalformed(name, "referral instead of an answer (upstream is not recursive)")
 			}
 			c.ttl = min(c.ttl, negativeTTL(resp, cur))
+			c.validated = q.dnssec
 			return c, nil
 		}
 		name = cur

@@ -95,6 +95,7 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 	f := &Flatten{cfg: newConfig(), aliases: newAliasTable()}
 	// The configured targets, each pinned once however many aliases name it.
 	pins := map[string]*pinnedTarget{}
+	var sec securityOptions
 	blocks := 0
 	httpsLine := 0 // for the check made once every line is read
 	for c.Next() {
@@ -123,7 +124,10 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 			var err error
 			switch opt {
 			case "alias":
-				err = parseAlias(c, f.cfg, &f.aliases, pins)
+				line := c.Line()
+				var targets []string
+				targets, err = parseAlias(c, f.cfg, &f.aliases, pins)
+				sec.aliases = append(sec.aliases, aliasLine{line, targets})
 			case "upstream":
 				err = f.cfg.parseUpstream(c)
 			case "max_depth":
@@ -160,6 +164,14 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 				err = f.cfg.parseCNAME(c)
 			case "ecs":
 				err = f.cfg.parseECS(c)
+			case "dnssec_targets":
+				err = sec.parseDNSSECTargets(c)
+			case "allow_targets":
+				err = sec.parseAllowTargets(c)
+			case "deny_addresses":
+				err = sec.parseDenyAddresses(c)
+			case "max_addresses":
+				err = sec.parseMaxAddresses(c)
 			default:
 				return nil, c.Errf("unknown property '%s'", opt)
 			}
@@ -167,6 +179,9 @@ func parse(c *caddy.Controller) (*Flatten, error) {
 				return nil, err
 			}
 		}
+	}
+	if err := sec.finish(c, f.cfg); err != nil {
+		return nil, err
 	}
 	if f.cfg.health != nil && f.aliases.len() == 0 {
 		return nil, fmt.Errorf("%s:%d - Error during parsing: health_check probes the addresses of 'alias' targets, and there is no alias",
@@ -196,18 +211,18 @@ func args(c *caddy.Controller, n int) ([]string, error) {
 }
 
 // parseAlias reads `alias NAME TARGET [TARGET...]`: the targets are tried in order (failover).
-// pins holds the targets of the aliases read before, by name.
-func parseAlias(c *caddy.Controller, cfg *config, aliases *aliasTable, pins map[string]*pinnedTarget) error {
+// pins holds the targets of the aliases read before, by name. It returns the targets.
+func parseAlias(c *caddy.Controller, cfg *config, aliases *aliasTable, pins map[string]*pinnedTarget) ([]string, error) {
 	a := c.RemainingArgs()
 	if len(a) < 2 {
-		return c.Errf("'alias' takes a NAME and at least 1 TARGET, got %d argument(s): %v", len(a), a)
+		return nil, c.Errf("'alias' takes a NAME and at least 1 TARGET, got %d argument(s): %v", len(a), a)
 	}
 	name, err := cfg.name(c, "alias name", a[0])
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if _, dup := aliases.get(name); dup {
-		return c.Errf("alias '%s' is defined more than once", name)
+		return nil, c.Errf("alias '%s' is defined more than once", name)
 	}
 	var targets []string
 	var pinned []*pinnedTarget
@@ -216,13 +231,13 @@ func parseAlias(c *caddy.Controller, cfg *config, aliases *aliasTable, pins map[
 		// plugin reads names (plugin/normalize.go).
 		target := strings.ToLower(dns.Fqdn(t))
 		if !hostname(target) {
-			return c.Errf("alias target '%s' is not a valid host name", t)
+			return nil, c.Errf("alias target '%s' is not a valid host name", t)
 		}
 		if target == name {
-			return c.Errf("alias '%s' points at itself", a[0])
+			return nil, c.Errf("alias '%s' points at itself", a[0])
 		}
 		if slices.Contains(targets, target) {
-			return c.Errf("alias '%s' lists target '%s' more than once", a[0], t)
+			return nil, c.Errf("alias '%s' lists target '%s' more than once", a[0], t)
 		}
 		targets = append(targets, target)
 		p := pins[target]
@@ -233,7 +248,7 @@ func parseAlias(c *caddy.Controller, cfg *config, aliases *aliasTable, pins map[
 		pinned = append(pinned, p)
 	}
 	aliases.add(name, pinned)
-	return nil
+	return targets, nil
 }
 
 // name resolves a NAME argument (what is the argument's kind, for errors) to a lowercased FQDN

@@ -280,7 +280,9 @@ func (f *Flatten) flatNames(zone string, rrs []dns.RR) []flatName {
 			seen[owner] = true
 			n := flatName{name: owner, targets: []string{target}, ttlCap: h.Ttl}
 			for qi, qtype := range qtypes {
-				n.slots[qi] = []*slot{f.pool.cache.slotFor(cacheKey{name: target, qtype: qtype})}
+				if f.cfg.targetAllowed(target) { // else no slot: the zone's own records (policy.go)
+					n.slots[qi] = []*slot{f.pool.cache.slotFor(cacheKey{name: target, qtype: qtype})}
+				}
 			}
 			names = append(names, n)
 		}
@@ -288,7 +290,9 @@ func (f *Flatten) flatNames(zone string, rrs []dns.RR) []flatName {
 	for i := range names {
 		if n := &names[i]; f.cfg.https && !ownHTTPS[n.name] {
 			for _, t := range n.targets {
-				n.slots[httpsIndex] = append(n.slots[httpsIndex], f.pool.cache.slotFor(cacheKey{name: t, qtype: dns.TypeHTTPS}))
+				if f.cfg.targetAllowed(t) {
+					n.slots[httpsIndex] = append(n.slots[httpsIndex], f.pool.cache.slotFor(cacheKey{name: t, qtype: dns.TypeHTTPS}))
+				}
 			}
 		}
 	}
@@ -360,7 +364,9 @@ func (f *Flatten) materialize(zone string, names []flatName) ([]dns.RR, uint64) 
 		for qi, qtype := range qtypes {
 			r := new(dns.Msg)
 			r.SetQuestion(n.name, qtype)
-			v := f.decide(context.Background(), selfWriter, r, &question{peek: true}, n.slots[qi])
+			// A name with a TTL cap is an ALIAS record of the zone: zone data chose its target.
+			q := &question{peek: true, policy: f.cfg.policyFor(n.ttlCap != math.MaxUint32)}
+			v := f.decide(context.Background(), selfWriter, r, q, n.slots[qi])
 			var rrs []dns.RR
 			switch c := v.candidate; {
 			case c.e != nil && !c.e.negative():
@@ -396,14 +402,15 @@ func (f *Flatten) materializeHTTPS(n flatName, https []*slot) []dns.RR {
 	i := f.answering(context.Background(), [2][]*slot{n.slots[0], n.slots[1]}, true)
 	r := new(dns.Msg)
 	r.SetQuestion(n.name, dns.TypeHTTPS)
+	if i >= len(https) {
+		return nil
+	}
 	c, _ := f.pick(context.Background(), &question{peek: true}, https[i:i+1])
 	if c.e == nil || c.e.negative() {
 		return nil
 	}
 	rrs := renamed(c.e.addrs(), n.name, f.answerTTL(c.e, c.src, n.ttlCap))
-	if h := f.pool.health; h != nil {
-		h.trimHints(rrs)
-	}
+	f.trimHints(rrs, f.cfg.policyFor(n.ttlCap != math.MaxUint32))
 	return rrs
 }
 

@@ -22,13 +22,15 @@ import (
 // enough to avoid IP fragmentation (RFC 6891 6.2.5).
 const udpSize = 1232
 
-// newQuery builds the question we send upstream: RD set, EDNS0 with a 1232-byte buffer, no DO
-// (we never copy upstream signatures: *dnssec* above us signs what we answer).
-func newQuery(name string, qtype uint16) *dns.Msg {
+// newQuery builds the question we send upstream: RD set, EDNS0 with a 1232-byte buffer. No DO
+// (we never copy upstream signatures: *dnssec* above us signs what we answer), unless dnssec
+// (`dnssec_targets secure`) asks the upstream to validate: then DO and AD (validate.go).
+func newQuery(name string, qtype uint16, dnssec bool) *dns.Msg {
 	q := new(dns.Msg)
 	q.SetQuestion(name, qtype)
 	q.RecursionDesired = true
-	q.SetEdns0(udpSize, false)
+	q.SetEdns0(udpSize, dnssec)
+	q.AuthenticatedData = dnssec
 	return q
 }
 
@@ -82,7 +84,7 @@ func (s *selfExchanger) exchange(ctx context.Context, q question, name string) (
 	// The lookup goes through the whole server and reaches flatten again (a target flattened
 	// here, or a chain that comes back): the path of targets crosses the server in the context.
 	ctx = withPath(ctx, &resolvePath{target: q.key.name, parent: q.path})
-	m := newQuery(name, q.key.qtype)
+	m := newQuery(name, q.key.qtype, q.dnssec)
 	addECS(m, q.sub)
 	q.tally.upstream.Add(1)
 	resp, err := s.up.Lookup(ctx, request.Request{W: selfWriter, Req: m}, name, q.key.qtype)
@@ -313,7 +315,7 @@ func (r *resolver) try(ctx context.Context, q question, name string) (*dns.Msg, 
 // ask sends r one question for name, over UDP and then over TCP if the UDP answer was truncated
 // (RFC 7766, RFC 1035 4.2.1): with EDNS and the question's client network, or plain.
 func (r *resolver) ask(ctx context.Context, q question, name string, plain bool) (*dns.Msg, error) {
-	m := newQuery(name, q.key.qtype)
+	m := newQuery(name, q.key.qtype, q.dnssec)
 	if plain {
 		m.Extra = nil
 	} else {

@@ -261,8 +261,7 @@ func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns
 	}
 	if f.zoneAliases != nil && inZone {
 		if za := f.zoneAliasFor(ctx, w, r, end); za.target != "" {
-			s := f.pool.cache.slotFor(cacheKey{name: za.target, qtype: q.Qtype})
-			return f.flatten(ctx, w, r, zone, min(c.ttl, za.ttl), []*slot{s})
+			return f.flattenZoneTarget(ctx, w, r, zone, min(c.ttl, za.ttl), za.target)
 		}
 	}
 	if inZone || hasNegativeSOA(m, end) {
@@ -276,8 +275,7 @@ func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns
 		w.WriteMsg(reply)
 		return dns.RcodeSuccess, nil
 	}
-	s := f.pool.cache.slotFor(cacheKey{name: end, qtype: q.Qtype})
-	return f.flatten(ctx, w, r, zone, c.ttl, []*slot{s})
+	return f.flattenZoneTarget(ctx, w, r, zone, c.ttl, end)
 }
 
 // synthesizedFromDNAME reports whether the answer holds a DNAME above name: its CNAME for name was
