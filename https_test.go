@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coredns/caddy"
 	"github.com/miekg/dns"
 )
 
@@ -289,26 +288,22 @@ func TestHTTPSExplain(t *testing.T) {
 }
 
 func TestHTTPSParse(t *testing.T) {
-	for i, tc := range []struct {
-		in  string
-		err string
+	tests := []struct {
+		input       string
+		shouldErr   bool
+		expectedErr string
+		line        int
 	}{
-		{"flatten {\n alias @ a.test.\n https\n}", ""},
-		{"flatten {\n zone_alias\n https\n}", ""},
-		{"flatten {\n alias @ a.test.\n https on\n}", "Testfile:3 - Error during parsing: 'https' takes 0 argument(s)"},
-		{"flatten {\n alias @ a.test.\n https\n https\n}", "Testfile:4 - Error during parsing: 'https' given more than once"},
+		{"flatten {\n alias @ a.test.\n https\n}", false, "", 0},
+		{"flatten {\n zone_alias\n https\n}", false, "", 0},
+		{"flatten {\n alias @ a.test.\n https on\n}", true, "Testfile:3 - Error during parsing: 'https' takes 0 argument(s)", 3},
+		{"flatten {\n alias @ a.test.\n https\n https\n}", true, "Testfile:4 - Error during parsing: 'https' given more than once", 4},
 		// With only `cname`, `https` would do nothing: said, not ignored.
-		{"flatten {\n https\n cname www\n}", "Testfile:2 - Error during parsing: 'https' answers HTTPS queries at the names of 'alias' lines"},
-	} {
-		c := caddy.NewTestController("dns", tc.in)
-		c.ServerBlockKeys = []string{"example.org.:53"}
-		_, err := parse(c)
-		switch {
-		case tc.err == "" && err != nil:
-			t.Errorf("Test %d: unexpected error %v", i, err)
-		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
-			t.Errorf("Test %d: error %v, want it to contain %q", i, err, tc.err)
-		}
+		{"flatten {\n https\n cname www\n}", true, "Testfile:2 - Error during parsing: 'https' answers HTTPS queries at the names of 'alias' lines", 2},
+	}
+	for i, tc := range tests {
+		_, err := parse(newSetupController(tc.input, nil))
+		checkParseErr(t, i, err, tc.shouldErr, tc.expectedErr, tc.line)
 	}
 }
 
