@@ -49,6 +49,8 @@ func (u *adUpstream) exchange(_ context.Context, q question, name string) (*dns.
 		m.Answer = []dns.RR{&dns.CNAME{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: 300}, Target: "server.example.net."}}
 	case q.key.qtype == dns.TypeA:
 		m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: []byte{192, 0, 2, 10}}}
+	case q.key.qtype == dns.TypeHTTPS:
+		m.Answer = []dns.RR{&dns.HTTPS{SVCB: dns.SVCB{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeHTTPS, Class: dns.ClassINET, Ttl: 60}, Priority: 1, Target: "."}}}
 	}
 	return m, nil
 }
@@ -230,5 +232,24 @@ func TestSecureTargetsMetricsAndExplain(t *testing.T) {
 	}
 	if s := txt("plain.example.org."); !strings.Contains(s, "dnssec=unvalidated") {
 		t.Errorf("explain of an unvalidated chain:\n%s", s)
+	}
+}
+
+// With `https`, an HTTPS answer is held to dnssec_targets secure as addresses are: served when
+// every hop has AD, SERVFAIL with EDE 5 when one lacks it.
+func TestSecureTargetsHTTPS(t *testing.T) {
+	up := newADUpstream()
+	f := newSecureFlatten(up, newFakeClock(), true)
+	f.cfg.https = true
+	if m := serve(t, f, dns.TypeHTTPS, true); m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 || m.Answer[0].Header().Rrtype != dns.TypeHTTPS {
+		t.Fatalf("validated chain: want the HTTPS record, got\n%v", m)
+	}
+	up = newADUpstream()
+	up.set("server.example.net.", false, 0)
+	f = newSecureFlatten(up, newFakeClock(), true)
+	f.cfg.https = true
+	m := serve(t, f, dns.TypeHTTPS, true)
+	if e := ede(m); m.Rcode != dns.RcodeServerFailure || e == nil || e.InfoCode != dns.ExtendedErrorCodeDNSSECIndeterminate {
+		t.Errorf("a hop without AD: want SERVFAIL with EDE 5, got\n%v", m)
 	}
 }
