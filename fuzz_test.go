@@ -229,7 +229,7 @@ func hopInAnswer(resp *dns.Msg, owner string, h hop) bool {
 // target that does not exist and one whose upstream fails.
 func fuzzUpstream() exchanger {
 	records := map[string][]dns.RR{}
-	for _, s := range agencyRecords {
+	for _, s := range append(slices.Clone(agencyRecords), "server1.agency.test. 120 IN HTTPS 1 . alpn=h2 ipv4hint=192.0.2.10") {
 		rr, _ := dns.NewRR(s)
 		records[rr.Header().Name] = append(records[rr.Header().Name], rr)
 	}
@@ -320,6 +320,7 @@ func newFuzzFlatten(tb testing.TB) *Flatten {
 		alias fb broken.agency.test.
 		zone_alias
 		cname *
+		https
 		cache 20
 		timeout 100ms
 	}`))
@@ -357,7 +358,7 @@ func clientQueries() [][]byte {
 		"fail.example.org.", "fb.example.org.", "mail.example.org.", "example.net.", faultTarget, "za.example.org.",
 		"zaself.example.org.", "zagone.example.org.", "zabad.example.org.", "in.example.org.", "twice.example.org.",
 		"x.wild.example.org.", "client1.d.example.org.", "loop.example.org."} {
-		for _, qt := range []uint16{dns.TypeA, dns.TypeAAAA, dns.TypeMX, dns.TypeANY, dns.TypeCNAME} {
+		for _, qt := range []uint16{dns.TypeA, dns.TypeAAAA, dns.TypeHTTPS, dns.TypeMX, dns.TypeANY, dns.TypeCNAME} {
 			m := new(dns.Msg)
 			m.SetQuestion(name, qt)
 			msgs = append(msgs, m)
@@ -395,7 +396,8 @@ func clientQueries() [][]byte {
 // passes those on). It must not panic, must follow the handler contract (a reply written and a
 // success rcode returned, or nothing written and a failure rcode returned), and a reply it writes
 // must pack and answer the client's question; a flattened name is never NXDOMAIN and its answer
-// holds only addresses of the asked type owned by the question name.
+// holds only records of the asked type (addresses, or with `https` HTTPS records) owned by the
+// question name.
 func FuzzServeDNS(f *testing.F) {
 	for _, s := range clientQueries() {
 		f.Add(s)
@@ -434,7 +436,7 @@ func FuzzServeDNS(f *testing.F) {
 		if len(m.Question) != 1 || m.Question[0] != q {
 			t.Fatalf("reply question %v, want %v", m.Question, q)
 		}
-		if _, ok := fl.aliases.get(q.Name); !isAddressQuery(orig) || !ok {
+		if _, ok := fl.aliases.get(q.Name); !(isAddressQuery(orig) || isHTTPSQuery(orig)) || !ok {
 			return // the zone's answer, or one flattened from the zone's data
 		}
 		if m.Rcode != dns.RcodeSuccess && m.Rcode != dns.RcodeServerFailure {
@@ -478,6 +480,8 @@ var parseSeeds = []string{
 	"cname @ www.example.org. *.shop.example.org. *",
 	"cname *.\ncname www.other.net.",
 	"alias @ a.example.net.\nzone_alias\ncname www.example.org.\ncname *.example.org.",
+	"alias @ a.example.net.\nhttps",
+	"https\ncname www",
 }
 
 // FuzzParse feeds the Corefile parser arbitrary text inside a flatten block. It must not panic,
