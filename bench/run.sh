@@ -47,10 +47,7 @@
 #   BLOCKS=10000     server blocks of the blocks case (clientN.test, two aliases each); SAMPLE of
 #                    them are queried; BLOCKS_ROUNDS=3 max-QPS runs of each of its two servers;
 #                    BLOCKS_TIMEOUT=900 seconds from exec to ready before it gives up on a server
-#                    (the run then reports what it measured and ends with an error);
-#                    STEADY_WAIT=135 seconds from ready to the steady-state VmRSS of each server
-#                    (after the Go runtime's periodic collection, at least one every 2 minutes;
-#                    0: not measured, and the memory goal is judged on VmRSS settled after startup)
+#                    (the run then reports what it measured and ends with an error)
 #   COLD_DELAY=20ms  the fake target's delay for the cold path and the herd; COLD_REPS=5 repetitions
 #   HERD_N=1000      queries in the herd
 #   XFR_CHANGES=10   address changes of the transfer case; XFR_NAMES=10000 ALIAS records of its
@@ -63,7 +60,7 @@
 #                    processes took more than FOREIGN_MAX% of either core is repeated up to
 #                    RETRIES=2 times; all waits and repeats together stop after EXTRA_BUDGET=180 s
 #   PHASES=rows,cold,herd,big,blocks,transfer,agency,gobench   which parts to run
-#   QUICK=1          ROUNDS=3 DURATION=2 ALIASES=10000 BLOCKS=1000 BLOCKS_TIMEOUT=180 STEADY_WAIT=0
+#   QUICK=1          ROUNDS=3 DURATION=2 ALIASES=10000 BLOCKS=1000 BLOCKS_TIMEOUT=180
 #                    GOBENCH_COUNT=1 COLD_REPS=3 RETRIES=1 QUIET_WAIT=2 EXTRA_BUDGET=20
 #                    AGENCY_CHANGES=3 unless set
 #   RESULTS=bench/RESULTS.md    where the table goes

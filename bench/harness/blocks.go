@@ -35,22 +35,18 @@ type blocksServer struct {
 	Ready          bool    `json:"ready"`
 	// VmRSS when ready (or at the timeout), VmRSS once it has settled, VmHWM then; VmRSS and
 	// VmHWM after the load.
-	RSSReadyKB   int     `json:"rss_ready_kb"`
-	RSSSettledKB int     `json:"rss_settled_kb"`
-	HWMSettledKB int     `json:"hwm_settled_kb"`
-	SettleSecs   float64 `json:"settle_s"`
-	// VmRSS in the steady state: settled again once the Go runtime's periodic collection (at
-	// least one every 2 minutes) has run after the startup; 0 when not measured (STEADY_WAIT=0).
-	RSSSteadyKB int        `json:"rss_steady_kb,omitempty"`
-	SteadySecs  float64    `json:"steady_s,omitempty"`
-	RSSAfterKB  int        `json:"rss_after_kb"`
-	HWMAfterKB  int        `json:"hwm_after_kb"`
-	AnonAfterKB int        `json:"rss_anon_after_kb"`
-	FileAfterKB int        `json:"rss_file_after_kb"`
-	Runs        []perf     `json:"runs"`
-	QPS         float64    `json:"qps"` // median of the max-QPS runs
-	Retries     int        `json:"retries"`
-	Answers     []blockAns `json:"answers"` // spot checks
+	RSSReadyKB   int        `json:"rss_ready_kb"`
+	RSSSettledKB int        `json:"rss_settled_kb"`
+	HWMSettledKB int        `json:"hwm_settled_kb"`
+	SettleSecs   float64    `json:"settle_s"`
+	RSSAfterKB   int        `json:"rss_after_kb"`
+	HWMAfterKB   int        `json:"hwm_after_kb"`
+	AnonAfterKB  int        `json:"rss_anon_after_kb"`
+	FileAfterKB  int        `json:"rss_file_after_kb"`
+	Runs         []perf     `json:"runs"`
+	QPS          float64    `json:"qps"` // median of the max-QPS runs
+	Retries      int        `json:"retries"`
+	Answers      []blockAns `json:"answers"` // spot checks
 }
 
 // blockAns is one spot check: a query and the answer section it got.
@@ -234,15 +230,12 @@ func (h *harness) blocks() (*blocksResult, error) {
 		if err := h.settle(p, s); err != nil {
 			return nil, err
 		}
-		if err := h.steady(p, s); err != nil {
-			return nil, err
-		}
 		round := ""
 		if s.RoundSeconds > 0 {
 			round = fmt.Sprintf(", every block's startup round logged done after %.1f s", s.RoundSeconds)
 		}
-		h.logf("%s: listening after %.1f s, ready plugin 200 after %.1f s%s; VmRSS %d kB when ready, %d kB settled (%.0f s), VmHWM %d kB, VmRSS %d kB steady (%.0f s after ready)",
-			label, s.ListenSeconds, s.ReadySeconds, round, s.RSSReadyKB, s.RSSSettledKB, s.SettleSecs, s.HWMSettledKB, s.RSSSteadyKB, s.SteadySecs)
+		h.logf("%s: listening after %.1f s, ready plugin 200 after %.1f s%s; VmRSS %d kB when ready, %d kB settled (%.0f s), VmHWM %d kB",
+			label, s.ListenSeconds, s.ReadySeconds, round, s.RSSReadyKB, s.RSSSettledKB, s.SettleSecs, s.HWMSettledKB)
 		if flat {
 			h.logf("startup: %d upstream queries over %.1f s, at most %d in 1 s (%d names)", res.Upstream, res.SpanSeconds, res.MaxPerSecond, res.Names)
 		}
@@ -408,28 +401,6 @@ func (h *harness) settle(p *proc, s *blocksServer) error {
 	}
 	s.SettleSecs = time.Since(start).Seconds()
 	s.RSSSettledKB, s.HWMSettledKB = prev, procStatus(p.pid, "VmHWM")
-	return nil
-}
-
-// steady records VmRSS in the steady state, cfg.SteadyWait after the server was ready, settled
-// again. The Go runtime collects at least once every 2 minutes (forcegcperiod) and then returns
-// what the collection freed to the kernel (the background scavenger): before that, VmRSS holds
-// the garbage of the startup (the Corefile's tokens, each block's setup) as it stood at the last
-// collection during the startup, which moves by ±15 MB between runs of the same binary; after it,
-// VmRSS follows what is live.
-func (h *harness) steady(p *proc, s *blocksServer) error {
-	if h.cfg.SteadyWait <= 0 {
-		return nil
-	}
-	readyAt := p.started.Add(time.Duration(s.StartupSeconds * float64(time.Second)))
-	if err := h.sleep(time.Until(readyAt.Add(h.cfg.SteadyWait))); err != nil {
-		return err
-	}
-	var again blocksServer
-	if err := h.settle(p, &again); err != nil {
-		return err
-	}
-	s.RSSSteadyKB, s.SteadySecs = again.RSSSettledKB, time.Since(readyAt).Seconds()
 	return nil
 }
 

@@ -36,7 +36,6 @@ type config struct {
 	Blocks        int           `json:"blocks"`         // server blocks of the blocks case
 	BlocksRounds  int           `json:"blocks_rounds"`  // max-QPS runs of each server of the blocks case
 	BlocksTimeout time.Duration `json:"blocks_timeout"` // from exec to ready, for each server of the blocks case
-	SteadyWait    time.Duration `json:"steady_wait"`    // from ready to the steady-state VmRSS of the blocks case; 0: not measured
 	RefreshRate   int           `json:"refresh_rate"`   // 0: not written (the plugin's default applies)
 	BigDelay      string        `json:"big_delay"`
 	ColdDelay     string        `json:"cold_delay"`
@@ -104,7 +103,6 @@ func loadConfig() config {
 	c.Blocks = env("BLOCKS", pick(10000, 1000))
 	c.BlocksRounds = env("BLOCKS_ROUNDS", min(c.Rounds, 3))
 	c.BlocksTimeout = time.Duration(env("BLOCKS_TIMEOUT", pick(900, 180))) * time.Second
-	c.SteadyWait = time.Duration(env("STEADY_WAIT", pick(135, 0))) * time.Second
 	c.RefreshRate = env("RATE", 0)
 	c.BigDelay = envStr("BIG_DELAY", "0s")
 	c.ColdDelay = envStr("COLD_DELAY", "20ms")

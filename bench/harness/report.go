@@ -219,10 +219,6 @@ func renderBlocks(b *strings.Builder, r *results, g *blocksResult) {
 	p("| VmRSS when ready (or at the timeout) | %s | %s | %s |\n", mbText(bs.RSSReadyKB), mbText(fs.RSSReadyKB), diff(fs.RSSReadyKB, bs.RSSReadyKB))
 	p("| VmRSS settled (after %.0f s / %.0f s) | %s | %s | %s |\n", bs.SettleSecs, fs.SettleSecs, mbText(bs.RSSSettledKB), mbText(fs.RSSSettledKB), diff(fs.RSSSettledKB, bs.RSSSettledKB))
 	p("| VmHWM (the peak) then | %s | %s | %s |\n", mbText(bs.HWMSettledKB), mbText(fs.HWMSettledKB), diff(fs.HWMSettledKB, bs.HWMSettledKB))
-	if bs.RSSSteadyKB > 0 && fs.RSSSteadyKB > 0 {
-		p("| VmRSS steady (settled again %.0f s / %.0f s after ready, once the runtime's periodic collection has run) | %s | %s | %s |\n",
-			bs.SteadySecs, fs.SteadySecs, mbText(bs.RSSSteadyKB), mbText(fs.RSSSteadyKB), diff(fs.RSSSteadyKB, bs.RSSSteadyKB))
-	}
 	p("| VmRSS / VmHWM after the load | %s / %s | %s / %s | %s / %s |\n", mbText(bs.RSSAfterKB), mbText(bs.HWMAfterKB), mbText(fs.RSSAfterKB), mbText(fs.HWMAfterKB),
 		diff(fs.RSSAfterKB, bs.RSSAfterKB), diff(fs.HWMAfterKB, bs.HWMAfterKB))
 	p("| after the load, anonymous (heap, stacks) / file-backed (the binary) | %s / %s | %s / %s | %s |\n", mbText(bs.AnonAfterKB), mbText(bs.FileAfterKB), mbText(fs.AnonAfterKB), mbText(fs.FileAfterKB),
@@ -319,20 +315,11 @@ func renderTargets(b *strings.Builder, r *results) {
 		if g.Blocks != 10000 {
 			need += " (24 MB per 10000 blocks)"
 		}
-		// Judged on VmRSS in the steady state (once the runtime's periodic collection has run
-		// after the startup: what is live, not the startup's garbage as the last collection left
-		// it), or settled after the startup when the steady state was not measured, and on the
-		// peak (VmHWM); VmRSS settled and after the load are shown beside them.
-		flatKB, baseKB, state := g.Flat.RSSSettledKB, g.Base.RSSSettledKB, "settled"
-		if g.Flat.RSSSteadyKB > 0 && g.Base.RSSSteadyKB > 0 {
-			flatKB, baseKB, state = g.Flat.RSSSteadyKB, g.Base.RSSSteadyKB, "steady"
-		}
-		above := flatKB - baseKB
+		// Judged on VmRSS once settled after the startup and on the peak (VmHWM) then; VmRSS after
+		// the load is shown beside them.
+		above := g.Flat.RSSSettledKB - g.Base.RSSSettledKB
 		peak := g.Flat.HWMSettledKB - g.Base.HWMSettledKB
-		got := fmt.Sprintf("%.1f MB %s (%.0f bytes per block); peak %.1f MB", mb(above), state, g.perBlock(flatKB, baseKB), mb(peak))
-		if state == "steady" {
-			got += fmt.Sprintf("; settled after the startup %.1f MB", mb(g.Flat.RSSSettledKB-g.Base.RSSSettledKB))
-		}
+		got := fmt.Sprintf("%.1f MB (%.0f bytes per block); peak %.1f MB", mb(above), g.perBlock(g.Flat.RSSSettledKB, g.Base.RSSSettledKB), mb(peak))
 		if g.Flat.RSSAfterKB > 0 && g.Base.RSSAfterKB > 0 {
 			got += fmt.Sprintf("; after the load %.1f MB", mb(g.Flat.RSSAfterKB-g.Base.RSSAfterKB))
 		}
@@ -343,7 +330,7 @@ func renderTargets(b *strings.Builder, r *results) {
 				met = "**not known**"
 			}
 		}
-		t = append(t, goal{fmt.Sprintf("%d blocks: resident memory above the no-flatten baseline (VmRSS in the steady state, and VmHWM)", g.Blocks), need, got, met})
+		t = append(t, goal{fmt.Sprintf("%d blocks: resident memory above the no-flatten baseline (VmRSS settled after the startup, and VmHWM)", g.Blocks), need, got, met})
 		got = strconv.Itoa(g.MaxPerSecond)
 		met = yes(g.MaxPerSecond <= 1000)
 		if !g.Flat.Ready {
