@@ -51,19 +51,20 @@ func (f *Flatten) explain(ctx context.Context, w dns.ResponseWriter, r *dns.Msg)
 	}
 
 	var lines []string
-	targets, kind, via := f.explainTargets(ctx, w, r, name)
+	fl := f.explainTargets(ctx, w, r, name)
+	targets, kind := fl.targets, fl.kind
 	if len(targets) == 0 {
 		lines = append(lines, name+" is not flattened here")
 	} else {
 		head := fmt.Sprintf("name=%s by=%s targets=%s", name, kind, strings.Join(targets, ","))
-		if via != "" {
-			head += " via=" + via
+		if fl.via != "" {
+			head += " via=" + fl.via
 		}
 		lines = append(lines, head)
-		lines = append(lines, f.explainPolicy(kind, targets)...)
+		lines = append(lines, f.explainPolicy(fl.fromZone, targets)...)
 		now := f.pool.cache.now()
 		for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
-			lines = append(lines, f.explainAnswer(ctx, w, r, name, qtype, kind, targets, now))
+			lines = append(lines, f.explainAnswer(ctx, w, r, name, qtype, fl.fromZone, targets, now))
 			for i, t := range targets {
 				lines = append(lines, f.explainTarget(i, t, qtype, now))
 			}
@@ -75,7 +76,7 @@ func (f *Flatten) explain(ctx context.Context, w dns.ResponseWriter, r *dns.Msg)
 				target = f.httpsTarget(ctx, a, true)
 			}
 			i := slices.Index(targets, target)
-			lines = append(lines, f.explainAnswer(ctx, w, r, name, dns.TypeHTTPS, kind, []string{target}, now), f.explainTarget(i, target, dns.TypeHTTPS, now))
+			lines = append(lines, f.explainAnswer(ctx, w, r, name, dns.TypeHTTPS, fl.fromZone, []string{target}, now), f.explainTarget(i, target, dns.TypeHTTPS, now))
 		}
 		lines = append(lines, f.explainHealth(targets)...)
 	}
@@ -95,37 +96,46 @@ func (f *Flatten) explain(ctx context.Context, w dns.ResponseWriter, r *dns.Msg)
 // mayExplain reports whether the client at addr is inside the explain CIDRs.
 func (f *Flatten) mayExplain(addr net.Addr) bool { return inPrefixes(addr, f.cfg.explainNets) }
 
-// explainTargets returns the targets NAME follows, how it comes to follow them (alias,
-// zone_alias, cname) and, for cname, the chain inside the zone that leads to them.
-func (f *Flatten) explainTargets(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, name string) ([]string, string, string) {
+// followed is what a flattened name follows, for explain: its targets, how it comes to follow
+// them (kind: alias, zone_alias, cname) and, for cname, the chain inside the zone that leads to
+// them (via). fromZone is whether zone data chose the targets, which selects the security policy
+// (policy.go): a cname chain that ends at an `alias` name is answered as that alias.
+type followed struct {
+	targets   []string
+	kind, via string
+	fromZone  bool
+}
+
+// explainTargets returns what NAME follows; no targets when it is not flattened here.
+func (f *Flatten) explainTargets(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, name string) followed {
 	if a, ok := f.aliases.get(name); ok {
-		return a.targets(), "alias", ""
+		return followed{targets: a.targets(), kind: "alias"}
 	}
 	if f.zoneAliases != nil {
 		if za := f.zoneAliasFor(ctx, w, r, name); za.target != "" {
-			return []string{za.target}, "zone_alias", ""
+			return followed{targets: []string{za.target}, kind: "zone_alias", fromZone: true}
 		}
 	}
 	if !f.cfg.cnames.match(name) {
-		return nil, "", ""
+		return followed{}
 	}
 	m, _, _ := f.askNext(ctx, w, r, name, dns.TypeA)
 	if m == nil {
-		return nil, "", ""
+		return followed{}
 	}
 	c := &chain{start: name}
 	end, err := follow(m, name, dns.TypeA, c, map[string]bool{name: true}, f.cfg.maxDepth)
 	if err != nil || len(c.hops) == 0 || len(c.addrs) > 0 {
-		return nil, "", "" // not a chain, or one the zone answers itself
+		return followed{} // not a chain, or one the zone answers itself
 	}
 	via := chainString(name, c.hops)
 	if a, ok := f.aliases.get(end); ok {
-		return a.targets(), "cname", via
+		return followed{targets: a.targets(), kind: "cname", via: via}
 	}
 	if plugin.Zones(f.cfg.zones).Matches(end) != "" {
-		return nil, "", ""
+		return followed{}
 	}
-	return []string{end}, "cname", via
+	return followed{targets: []string{end}, kind: "cname", via: via, fromZone: true}
 }
 
 // slotOf returns the slot of target for qtype if the cache has one, without making one.
@@ -134,9 +144,8 @@ func (f *Flatten) slotOf(target string, qtype uint16) *slot {
 }
 
 // explainAnswer says what a query for qtype gets now, ranked as flatten ranks it, but from the
-// cache alone.
-func (f *Flatten) explainAnswer(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, name string, qtype uint16, kind string, targets []string, now time.Time) string {
-	fromZone := kind != "alias"
+// cache alone, under the policy of targets chosen by zone data (fromZone) or by an `alias` line.
+func (f *Flatten) explainAnswer(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, name string, qtype uint16, fromZone bool, targets []string, now time.Time) string {
 	var slots []*slot
 	for _, t := range targets {
 		if s := f.slotOf(t, qtype); s != nil && (!fromZone || f.cfg.targetAllowed(t)) {

@@ -293,10 +293,9 @@ func (f *Flatten) prohibited(ctx context.Context, w dns.ResponseWriter, r *dns.M
 	return f.servfail(w, r, errProhibited(fmt.Sprintf("target %s of %s is not allowed by allow_targets", target, strings.ToLower(name))))
 }
 
-// explainPolicy describes, for explain, the security options that apply to a name flattened by
-// kind (alias, zone_alias, cname) to targets.
-func (f *Flatten) explainPolicy(kind string, targets []string) []string {
-	fromZone := kind != "alias"
+// explainPolicy describes, for explain, the security options that apply to a name flattened to
+// targets, chosen by zone data (fromZone) or by an `alias` line.
+func (f *Flatten) explainPolicy(fromZone bool, targets []string) []string {
 	var lines []string
 	if f.cfg.allowTargets() != nil && fromZone {
 		for _, t := range targets {

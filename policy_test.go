@@ -145,10 +145,12 @@ func TestZoneDataPolicy(t *testing.T) {
 		aliasRR(t, "ok", 300, "ok.agency.test."),
 		"cloop 300 IN CNAME loop.agency.test.",
 		"cevil 300 IN CNAME evil.example.net.",
+		"cop 300 IN CNAME op.example.org.", // a chain that ends at an alias line's name
+		`op 300 IN TXT "in the zone"`,
 	)
 	addr, _ := startCoreDNS(t, flattenCorefile(zone,
 		"zone_alias",
-		"cname cloop cevil",
+		"cname cloop cevil cop",
 		"alias op loop.agency.test",
 		"allow_targets agency.test",
 		"explain",
@@ -191,6 +193,12 @@ func TestZoneDataPolicy(t *testing.T) {
 	m = query(t, addr, "udp", "_flatten.loop.example.org.", dns.TypeTXT, 0)
 	if txt := fmt.Sprint(m.Answer); !strings.Contains(txt, "policy=addresses deny=0.0.0.0/8,127.0.0.0/8") || !strings.Contains(txt, "answer=servfail") {
 		t.Errorf("explain of a denied target: %s", txt)
+	}
+	// A chain that ends at an alias line's name is answered as that alias, and explained so.
+	checkAddrs(t, query(t, addr, "udp", "cop.example.org.", dns.TypeA, 0), "cop.example.org.", "127.0.0.1")
+	m = query(t, addr, "udp", "_flatten.cop.example.org.", dns.TypeTXT, 0)
+	if txt := fmt.Sprint(m.Answer); strings.Contains(txt, "policy=addresses") || !strings.Contains(txt, "type=A answer=fresh target=loop.agency.test.") {
+		t.Errorf("explain of a chain to an alias: %s", txt)
 	}
 }
 
