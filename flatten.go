@@ -380,20 +380,33 @@ func addEDE(m *dns.Msg, code uint16, text string) {
 }
 
 // renamed returns copies of the records rrs (addresses, or HTTPS records) owned by owner with
-// the given TTL. The cached records are shared between queries and never modified.
+// the given TTL. The cached records are shared between queries and never modified. The address
+// records of an answer (a cached set holds one type: follow keeps only the type asked) are made
+// in one array: one allocation for the set instead of one per record, on the path of every warm
+// answer (BenchmarkFlattenHit: 5 allocations instead of 6 for two addresses).
 func renamed(rrs []dns.RR, owner string, ttl uint32) []dns.RR {
 	out := make([]dns.RR, len(rrs))
-	for i, rr := range rrs {
-		hdr := dns.RR_Header{Name: owner, Rrtype: rr.Header().Rrtype, Class: dns.ClassINET, Ttl: ttl}
-		switch v := rr.(type) {
-		case *dns.A:
-			out[i] = &dns.A{Hdr: hdr, A: v.A}
-		case *dns.AAAA:
-			out[i] = &dns.AAAA{Hdr: hdr, AAAA: v.AAAA}
-		default:
-			// An HTTPS record: copied deeply, SvcParams included, as it came (RFC 9460 2.4.3:
-			// a TargetName of "." then names the flattened name, whose addresses are the
-			// target's).
+	if len(rrs) == 0 {
+		return out
+	}
+	hdr := dns.RR_Header{Name: owner, Rrtype: rrs[0].Header().Rrtype, Class: dns.ClassINET, Ttl: ttl}
+	switch hdr.Rrtype {
+	case dns.TypeA:
+		recs := make([]dns.A, len(rrs))
+		for i, rr := range rrs {
+			recs[i] = dns.A{Hdr: hdr, A: rr.(*dns.A).A}
+			out[i] = &recs[i]
+		}
+	case dns.TypeAAAA:
+		recs := make([]dns.AAAA, len(rrs))
+		for i, rr := range rrs {
+			recs[i] = dns.AAAA{Hdr: hdr, AAAA: rr.(*dns.AAAA).AAAA}
+			out[i] = &recs[i]
+		}
+	default:
+		// HTTPS records: copied deeply, SvcParams included, as they came (RFC 9460 2.4.3: a
+		// TargetName of "." then names the flattened name, whose addresses are the target's).
+		for i, rr := range rrs {
 			out[i] = dns.Copy(rr)
 			*out[i].Header() = hdr
 		}
