@@ -400,10 +400,8 @@ func (f *Flatten) materialize(zone string, names []flatName) ([]dns.RR, uint64) 
 // of the target that answers its addresses (https holds each target's HTTPS slot).
 func (f *Flatten) materializeHTTPS(n flatName, https []*slot) []dns.RR {
 	i := f.answering(context.Background(), [2][]*slot{n.slots[0], n.slots[1]}, true)
-	r := new(dns.Msg)
-	r.SetQuestion(n.name, dns.TypeHTTPS)
 	if i >= len(https) {
-		return nil
+		return nil // a target outside allow_targets has no slot
 	}
 	c, _ := f.pick(context.Background(), &question{peek: true}, https[i:i+1])
 	if c.e == nil || c.e.negative() {
