@@ -39,7 +39,7 @@ func (f *Flatten) flattenHTTPS(ctx context.Context, w dns.ResponseWriter, r *dns
 		return dns.RcodeSuccess, nil
 	}
 	s := f.pool.cache.slotFor(cacheKey{name: target, qtype: dns.TypeHTTPS})
-	return f.flattenFor(ctx, w, r, zone, ttlCap, []*slot{s}, policy)
+	return f.flatten(ctx, w, r, zone, ttlCap, []*slot{s}, policy)
 }
 
 // httpsTarget returns the target of a whose HTTPS records a query for its name gets: the one

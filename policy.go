@@ -265,7 +265,7 @@ func (f *Flatten) flattenZoneTarget(ctx context.Context, w dns.ResponseWriter, r
 		return f.flattenHTTPS(ctx, w, r, zone, ttlCap, target, f.cfg.policyFor(true))
 	}
 	s := f.pool.cache.slotFor(cacheKey{name: target, qtype: r.Question[0].Qtype})
-	return f.flattenFor(ctx, w, r, zone, ttlCap, []*slot{s}, f.cfg.policyFor(true))
+	return f.flatten(ctx, w, r, zone, ttlCap, []*slot{s}, f.cfg.policyFor(true))
 }
 
 // prohibitedLog bounds the log lines of prohibited targets: one per query would let a zone's

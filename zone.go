@@ -257,7 +257,7 @@ func (f *Flatten) flattenCNAME(ctx context.Context, w dns.ResponseWriter, r *dns
 	// upstream would ask the world for our own name (or ourselves, for a loop).
 	if a, ok := f.aliases.get(end); ok {
 		var one [1]*slot
-		return f.flatten(ctx, w, r, zone, c.ttl, a.slots(qtypeIndex(q.Qtype), one[:0]))
+		return f.flatten(ctx, w, r, zone, c.ttl, a.slots(qtypeIndex(q.Qtype), one[:0]), f.cfg.policyFor(false))
 	}
 	if f.zoneAliases != nil && inZone {
 		if za := f.zoneAliasFor(ctx, w, r, end); za.target != "" {
