@@ -425,12 +425,9 @@ func (c *agencyCase) summarize() {
 // agencyExternal is case 1: BIND 9 as the agency's primary, NOTIFY to flatten.
 func (h *harness) agencyExternal(n int) (*agencyCase, error) {
 	c := &agencyCase{Name: "external"}
-	pp := make([]int, 4)
-	for i := range pp {
-		var err error
-		if pp[i], err = h.ports.next(); err != nil {
-			return nil, err
-		}
+	pp, err := h.ports.take(4)
+	if err != nil {
+		return nil, err
 	}
 	port, bport, rport, nsdPort := pp[0], pp[1], pp[2], pp[3]
 	dir := abs(filepath.Join(h.dir, "agency-external"))
@@ -599,12 +596,9 @@ func notifyTimes(path string) map[int]time.Time {
 // agencySelf is case 2: the agency zone as a *file* block of the same CoreDNS.
 func (h *harness) agencySelf(n int) (*agencyCase, error) {
 	c := &agencyCase{Name: "self"}
-	pp := make([]int, 2)
-	for i := range pp {
-		var err error
-		if pp[i], err = h.ports.next(); err != nil {
-			return nil, err
-		}
+	pp, err := h.ports.take(2)
+	if err != nil {
+		return nil, err
 	}
 	port, nsdPort := pp[0], pp[1]
 	dir := abs(filepath.Join(h.dir, "agency-self"))

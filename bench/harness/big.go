@@ -92,11 +92,9 @@ func (h *harness) big() (*bigResult, error) {
 		fmt.Fprintf(&b, "    }\n    file %s\n}\n", zone)
 		return b.String()
 	}
-	ports := make([]int, 4)
-	for i := range ports {
-		if ports[i], err = h.ports.next(); err != nil {
-			return nil, err
-		}
+	ports, err := h.ports.take(4)
+	if err != nil {
+		return nil, err
 	}
 	onePort, oneReady, bigPort, bigReady := ports[0], ports[1], ports[2], ports[3]
 	env := []string{"GOMAXPROCS=1"}

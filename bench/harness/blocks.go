@@ -127,11 +127,9 @@ func (h *harness) blocks() (*blocksResult, error) {
 	// One zone file for every zone: relative names, so *file* reads it with the block's origin.
 	zone, _ := write(h.dir, "db.blocks", "@ 3600 IN SOA ns1 hostmaster 1 7200 3600 1209600 300\n@ 3600 IN NS ns1\nns1 3600 IN A 192.0.2.53\n")
 	zone = abs(zone)
-	ports := make([]int, 3)
-	for i := range ports {
-		if ports[i], err = h.ports.next(); err != nil {
-			return nil, err
-		}
+	ports, err := h.ports.take(3)
+	if err != nil {
+		return nil, err
 	}
 	port, readyPort, metricsPort := ports[0], ports[1], ports[2]
 	// The ready plugin reports the plugins of the blocks it is in, so every block has it (all on

@@ -129,3 +129,15 @@ func (p *ports) next() (int, error) {
 	}
 	return 0, fmt.Errorf("no free port")
 }
+
+// take hands out n ports, as next does.
+func (p *ports) take(n int) ([]int, error) {
+	out := make([]int, n)
+	for i := range out {
+		var err error
+		if out[i], err = p.next(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}

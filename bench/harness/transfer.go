@@ -146,12 +146,9 @@ func (h *harness) transfer(changes, names int) (*transferResult, error) {
 	cfg := h.cfg
 	coreEnv := []string{"GOMAXPROCS=1"}
 	res := &transferResult{NSD: strings.TrimSpace(firstLine(output(nsdPath(), "-v"))), Names: names, Targets: xfrTargets}
-	pp := make([]int, 4)
-	for i := range pp {
-		var err error
-		if pp[i], err = h.ports.next(); err != nil {
-			return nil, err
-		}
+	pp, err := h.ports.take(4)
+	if err != nil {
+		return nil, err
 	}
 	tport, port, nsdPort, bigPort := pp[0], pp[1], pp[2], pp[3]
 
