@@ -2,6 +2,7 @@ package flatten
 
 import (
 	"bytes"
+	"crypto"
 	"encoding/base64"
 	"fmt"
 	"os"
@@ -23,6 +24,21 @@ import (
 // It returns the public key and the base name of the files.
 func newZoneKey(t *testing.T, zone string) (*dns.DNSKEY, string) {
 	t.Helper()
+	k, priv := generateKey(t, zone)
+	base := filepath.Join(t.TempDir(), fmt.Sprintf("K%s+%03d+%05d", zone, k.Algorithm, k.KeyTag()))
+	if err := os.WriteFile(base+".key", []byte(k.String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(base+".private", []byte(k.PrivateKeyString(priv)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return k, base
+}
+
+// generateKey generates an ECDSAP256SHA256 key-signing key for zone: the public key and its
+// private half.
+func generateKey(t *testing.T, zone string) (*dns.DNSKEY, crypto.Signer) {
+	t.Helper()
 	k := &dns.DNSKEY{
 		Hdr:       dns.RR_Header{Name: zone, Rrtype: dns.TypeDNSKEY, Class: dns.ClassINET, Ttl: 3600},
 		Flags:     dns.ZONE | dns.SEP,
@@ -33,14 +49,7 @@ func newZoneKey(t *testing.T, zone string) (*dns.DNSKEY, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	base := filepath.Join(t.TempDir(), fmt.Sprintf("K%s+%03d+%05d", zone, k.Algorithm, k.KeyTag()))
-	if err := os.WriteFile(base+".key", []byte(k.String()+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(base+".private", []byte(k.PrivateKeyString(priv)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return k, base
+	return k, priv.(crypto.Signer)
 }
 
 // upstreamSig is a made-up signature by agency.test over rrs: what a validating resolver

@@ -124,17 +124,8 @@ type signedAuth struct {
 
 func newSignedAuth(t *testing.T, zone string, records ...string) *signedAuth {
 	t.Helper()
-	key := &dns.DNSKEY{
-		Hdr:       dns.RR_Header{Name: zone, Rrtype: dns.TypeDNSKEY, Class: dns.ClassINET, Ttl: 3600},
-		Flags:     dns.ZONE | dns.SEP,
-		Protocol:  3,
-		Algorithm: dns.ECDSAP256SHA256,
-	}
-	priv, err := key.Generate(256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := &signedAuth{zone: zone, key: key, priv: priv.(crypto.Signer), expired: map[string]bool{}}
+	key, priv := generateKey(t, zone)
+	a := &signedAuth{zone: zone, key: key, priv: priv, expired: map[string]bool{}}
 	a.up = newFakeUpstream(t, append(records, key.String())...)
 	for _, rr := range append(records, key.String()) {
 		name := strings.ToLower(mustRR(t, rr).Header().Name)
