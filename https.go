@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"strings"
 
 	"github.com/miekg/dns"
 )
@@ -34,7 +33,7 @@ func isHTTPSQuery(r *dns.Msg) bool {
 // NODATA.
 func (f *Flatten) flattenHTTPS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, zone string, ttlCap uint32, target string, policy *addrPolicy) (int, error) {
 	qname := r.Question[0].Name
-	if m, _, _ := f.askNext(ctx, w, r, qname, dns.TypeHTTPS); m != nil && m.Rcode == dns.RcodeSuccess && holds(m, qname, dns.TypeHTTPS) {
+	if m, _, _ := f.askNext(ctx, w, r, qname, dns.TypeHTTPS); m != nil && m.Rcode == dns.RcodeSuccess && len(recordsOf(m, qname, dns.TypeHTTPS)) > 0 {
 		w.WriteMsg(m)
 		return dns.RcodeSuccess, nil
 	}
@@ -67,16 +66,6 @@ func (f *Flatten) answering(ctx context.Context, addrSlots [2][]*slot, peek bool
 		}
 	}
 	return 0
-}
-
-// holds reports whether m answers with records of qtype owned by name.
-func holds(m *dns.Msg, name string, qtype uint16) bool {
-	for _, rr := range m.Answer {
-		if h := rr.Header(); h.Rrtype == qtype && strings.EqualFold(h.Name, name) {
-			return true
-		}
-	}
-	return false
 }
 
 // trimHints removes from the ipv4hint and ipv6hint SvcParams of the HTTPS records in rrs, copies

@@ -279,8 +279,8 @@ func (f *Flatten) flatNames(zone string, rrs []dns.RR) []flatName {
 			}
 			seen[owner] = true
 			n := flatName{name: owner, targets: []string{target}, ttlCap: h.Ttl}
-			for qi, qtype := range qtypes {
-				if f.cfg.targetAllowed(target) { // else no slot: the zone's own records (policy.go)
+			if f.cfg.targetAllowed(target) { // else no slot: the zone's own records (policy.go)
+				for qi, qtype := range qtypes {
 					n.slots[qi] = []*slot{f.pool.cache.slotFor(cacheKey{name: target, qtype: qtype})}
 				}
 			}

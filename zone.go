@@ -79,9 +79,14 @@ func (f *Flatten) zoneAddrs(ctx context.Context, w dns.ResponseWriter, r *dns.Ms
 	if m == nil || m.Rcode != dns.RcodeSuccess {
 		return nil
 	}
+	return recordsOf(m, q.Name, q.Qtype)
+}
+
+// recordsOf returns the records of qtype owned by name in m's answer section.
+func recordsOf(m *dns.Msg, name string, qtype uint16) []dns.RR {
 	var rrs []dns.RR
 	for _, rr := range m.Answer {
-		if h := rr.Header(); h.Rrtype == q.Qtype && strings.EqualFold(h.Name, q.Name) {
+		if h := rr.Header(); h.Rrtype == qtype && strings.EqualFold(h.Name, name) {
 			rrs = append(rrs, rr)
 		}
 	}
