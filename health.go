@@ -283,7 +283,7 @@ func (h *healthChecker) downNow() func(netip.Addr) bool {
 	if s == nil || s.down == 0 {
 		return nil
 	}
-	return func(a netip.Addr) bool { return s.addrs[a.Unmap()].state == healthDown }
+	return s.isDownAddr
 }
 
 // isDown reports whether rr is an address record of an address marked down.
@@ -291,8 +291,11 @@ func (s *healthSnapshot) isDown(rr dns.RR) bool {
 	// rrAddr unmaps: A records unpack as 16-byte IPv4-mapped slices, and the checker was given
 	// plain IPv4 addresses.
 	a, ok := rrAddr(rr)
-	return ok && s.addrs[a].state == healthDown
+	return ok && s.isDownAddr(a)
 }
+
+// isDownAddr reports whether a is marked down.
+func (s *healthSnapshot) isDownAddr(a netip.Addr) bool { return s.addrs[a.Unmap()].state == healthDown }
 
 // adopt takes the states of old, the checker of a pool that a reload replaces, if it probes the
 // same port: an address that is down stays out of answers across a reload instead of being served

@@ -40,7 +40,7 @@ func (h *healthChecker) round(ctx context.Context) {
 // healthy reports whether a may be served: not marked down (filter's rule for one address).
 func (h *healthChecker) healthy(a netip.Addr) bool {
 	s := h.snap.Load()
-	return s == nil || s.addrs[a.Unmap()].state != healthDown
+	return s == nil || !s.isDownAddr(a)
 }
 
 // healthAddrs is a list of addresses a test changes between rounds.
