@@ -46,6 +46,7 @@
 #   BIG_DELAY=0s     the fake target's delay in the big case
 #   BLOCKS=10000     server blocks of the blocks case (clientN.test, two aliases each); SAMPLE of
 #                    them are queried; BLOCKS_ROUNDS=3 max-QPS runs of each of its two servers;
+#                    BLOCKS_STARTS=5 starts of each server, in turn, for the memory (its medians);
 #                    BLOCKS_TIMEOUT=900 seconds from exec to ready before it gives up on a server
 #                    (the run then reports what it measured and ends with an error)
 #   COLD_DELAY=20ms  the fake target's delay for the cold path and the herd; COLD_REPS=5 repetitions
@@ -60,7 +61,7 @@
 #                    processes took more than FOREIGN_MAX% of either core is repeated up to
 #                    RETRIES=2 times; all waits and repeats together stop after EXTRA_BUDGET=180 s
 #   PHASES=rows,cold,herd,big,blocks,transfer,agency,gobench   which parts to run
-#   QUICK=1          ROUNDS=3 DURATION=2 ALIASES=10000 BLOCKS=1000 BLOCKS_TIMEOUT=180
+#   QUICK=1          ROUNDS=3 DURATION=2 ALIASES=10000 BLOCKS=1000 BLOCKS_TIMEOUT=180 BLOCKS_STARTS=2
 #                    GOBENCH_COUNT=1 COLD_REPS=3 RETRIES=1 QUIET_WAIT=2 EXTRA_BUDGET=20
 #                    AGENCY_CHANGES=3 unless set
 #   RESULTS=bench/RESULTS.md    where the table goes

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,20 +34,51 @@ type blocksServer struct {
 	RoundLog       string  `json:"round_log,omitempty"`
 	StartupSeconds float64 `json:"startup_s"`
 	Ready          bool    `json:"ready"`
-	// VmRSS when ready (or at the timeout), VmRSS once it has settled, VmHWM then; VmRSS and
-	// VmHWM after the load.
-	RSSReadyKB   int        `json:"rss_ready_kb"`
-	RSSSettledKB int        `json:"rss_settled_kb"`
-	HWMSettledKB int        `json:"hwm_settled_kb"`
-	SettleSecs   float64    `json:"settle_s"`
-	RSSAfterKB   int        `json:"rss_after_kb"`
-	HWMAfterKB   int        `json:"hwm_after_kb"`
-	AnonAfterKB  int        `json:"rss_anon_after_kb"`
-	FileAfterKB  int        `json:"rss_file_after_kb"`
-	Runs         []perf     `json:"runs"`
-	QPS          float64    `json:"qps"` // median of the max-QPS runs
-	Retries      int        `json:"retries"`
-	Answers      []blockAns `json:"answers"` // spot checks
+	// Medians over the starts: VmRSS when ready (or at the timeout), VmRSS once it has
+	// settled, VmHWM then, and the live heap after a forced collection; each start's figures are
+	// in Starts. VmRSS and VmHWM after the load, which runs on the last start.
+	RSSReadyKB   int           `json:"rss_ready_kb"`
+	RSSSettledKB int           `json:"rss_settled_kb"`
+	HWMSettledKB int           `json:"hwm_settled_kb"`
+	LiveKB       int           `json:"live_heap_kb"`
+	SettleSecs   float64       `json:"settle_s"`
+	Starts       []blocksStart `json:"starts"`
+	RSSAfterKB   int           `json:"rss_after_kb"`
+	HWMAfterKB   int           `json:"hwm_after_kb"`
+	AnonAfterKB  int           `json:"rss_anon_after_kb"`
+	FileAfterKB  int           `json:"rss_file_after_kb"`
+	Runs         []perf        `json:"runs"`
+	QPS          float64       `json:"qps"` // median of the max-QPS runs
+	Retries      int           `json:"retries"`
+	Answers      []blockAns    `json:"answers"` // spot checks
+}
+
+// blocksStart is the memory of one start of a server, settled after its startup.
+type blocksStart struct {
+	RSSReadyKB   int     `json:"rss_ready_kb"`
+	RSSSettledKB int     `json:"rss_settled_kb"`
+	HWMSettledKB int     `json:"hwm_settled_kb"`
+	LiveKB       int     `json:"live_heap_kb"` // HeapAlloc after runtime.GC (pprof heap?gc=1); 0 if not read
+	SettleSecs   float64 `json:"settle_s"`
+}
+
+// summarize sets s's memory figures to the medians of its starts.
+func (s *blocksServer) summarize() {
+	if len(s.Starts) == 0 {
+		return
+	}
+	of := func(f func(blocksStart) int) int {
+		var v []float64
+		for _, st := range s.Starts {
+			v = append(v, float64(f(st)))
+		}
+		return int(median(v))
+	}
+	s.RSSReadyKB = of(func(st blocksStart) int { return st.RSSReadyKB })
+	s.RSSSettledKB = of(func(st blocksStart) int { return st.RSSSettledKB })
+	s.HWMSettledKB = of(func(st blocksStart) int { return st.HWMSettledKB })
+	s.LiveKB = of(func(st blocksStart) int { return st.LiveKB })
+	s.SettleSecs = s.Starts[len(s.Starts)-1].SettleSecs
 }
 
 // blockAns is one spot check: a query and the answer section it got.
@@ -62,12 +94,13 @@ type blocksResult struct {
 	Targets        int          `json:"target_names"`
 	Sample         int          `json:"sample_blocks"` // blocks in the dnsperf file (4 queries each)
 	Rounds         int          `json:"rounds"`
+	Starts         int          `json:"starts"` // of each server, in turn, for the memory
 	TimeoutSeconds float64      `json:"timeout_s"`
 	Base           blocksServer `json:"baseline"`
 	Flat           blocksServer `json:"flatten"`
 	// The fake target's counters from the flatten server's exec to its readiness (or the
-	// timeout): questions, first to last, the most in any 1 s window (10 ms buckets), distinct
-	// names, the most questions for one name and type.
+	// timeout), at its last start: questions, first to last, the most in any 1 s window (10 ms
+	// buckets; the most of any start), distinct names, the most questions for one name and type.
 	Upstream       int     `json:"upstream_startup"`
 	SpanSeconds    float64 `json:"target_span_s"`
 	MaxPerSecond   int     `json:"max_upstream_per_1s"`
@@ -98,7 +131,7 @@ func (h *harness) blocks() (*blocksResult, error) {
 		return nil, fmt.Errorf("BLOCKS=%d: need at least 1", n)
 	}
 	limit := cfg.BlocksTimeout
-	res := &blocksResult{Blocks: n, Targets: min(blockTargets, n), Rounds: cfg.BlocksRounds, TimeoutSeconds: limit.Seconds()}
+	res := &blocksResult{Blocks: n, Targets: min(blockTargets, n), Rounds: cfg.BlocksRounds, Starts: cfg.BlocksStarts, TimeoutSeconds: limit.Seconds()}
 	zoneName := func(i int) string { return fmt.Sprintf("client%d.test.", i) }
 	apexT := func(i int) int { return i % res.Targets }
 	wwwT := func(i int) int { return (i + res.Targets/2) % res.Targets }
@@ -127,18 +160,19 @@ func (h *harness) blocks() (*blocksResult, error) {
 	// One zone file for every zone: relative names, so *file* reads it with the block's origin.
 	zone, _ := write(h.dir, "db.blocks", "@ 3600 IN SOA ns1 hostmaster 1 7200 3600 1209600 300\n@ 3600 IN NS ns1\nns1 3600 IN A 192.0.2.53\n")
 	zone = abs(zone)
-	ports, err := h.ports.take(3)
+	ports, err := h.ports.take(4)
 	if err != nil {
 		return nil, err
 	}
-	port, readyPort, metricsPort := ports[0], ports[1], ports[2]
+	port, readyPort, metricsPort, pprofPort := ports[0], ports[1], ports[2], ports[3]
 	// The ready plugin reports the plugins of the blocks it is in, so every block has it (all on
 	// one address). CoreDNS 1.15 keeps one Readiness per plugin name, though (the last block's
 	// flatten), so the harness also waits for flatten's log line that every block's startup round
-	// is done. The extra block holds prometheus.
+	// is done. The extra block holds prometheus, and pprof, whose heap profile gives the live heap.
 	corefile := func(flatten bool) string {
 		var b strings.Builder
-		fmt.Fprintf(&b, "ctl.test:%d {\n    bind 127.0.0.1\n    ready 127.0.0.1:%d\n    prometheus 127.0.0.1:%d\n    file %s ctl.test\n}\n", port, readyPort, metricsPort, zone)
+		fmt.Fprintf(&b, "ctl.test:%d {\n    bind 127.0.0.1\n    ready 127.0.0.1:%d\n    prometheus 127.0.0.1:%d\n    pprof 127.0.0.1:%d\n    file %s ctl.test\n}\n",
+			port, readyPort, metricsPort, pprofPort, zone)
 		for i := range n {
 			z := strings.TrimSuffix(zoneName(i), ".")
 			fmt.Fprintf(&b, "%s:%d {\n    bind 127.0.0.1\n    ready 127.0.0.1:%d\n", z, port, readyPort)
@@ -175,117 +209,139 @@ func (h *harness) blocks() (*blocksResult, error) {
 		h.logf("this build of flatten does not log %q: startup is until the ready plugin's 200 only", roundDone)
 	}
 
-	// One server after the other, the baseline first: the same Corefile without flatten.
-	for _, flat := range []bool{false, true} {
-		name, label := "coredns-blocks-base", "without flatten"
-		s := &res.Base
-		if flat {
-			name, label, s = "coredns-blocks-flatten", "with flatten", &res.Flat
-		}
-		conf, _ := write(h.dir, "Corefile."+strings.TrimPrefix(name, "coredns-"), corefile(flat))
-		if err := targetReset(tport); err != nil {
-			return nil, err
-		}
-		h.logf("starting CoreDNS with %d server blocks %s (timeout %v)", n, label, limit)
-		p, err := h.procs.start(name, cfg.ServerCPU, env, cfg.CoreDNS, "-conf", conf)
-		if err != nil {
-			return nil, err
-		}
-		waitErr := h.waitStartup(p, port, zoneName(0), readyPort, flat && logsRound, limit, s)
-		if h.ctx.Err() != nil {
-			return nil, h.ctx.Err()
-		}
-		if !p.alive() {
-			return nil, fmt.Errorf("CoreDNS %s exited during startup (log %s): %s", label, p.log, tail(p.log, 5))
-		}
-		if flat {
-			st, err := targetStats(tport)
+	// The servers one after the other, the baseline first (the same Corefile without flatten), and
+	// again: where Go's collector happens to run during the startup moves one start's VmRSS by
+	// ±15 MB, so the memory is the median over the starts. The load runs on the last start.
+starts:
+	for k := 1; k <= cfg.BlocksStarts; k++ {
+		last := k == cfg.BlocksStarts
+		for _, flat := range []bool{false, true} {
+			name, label := "coredns-blocks-base", "without flatten"
+			s := &res.Base
+			if flat {
+				name, label, s = "coredns-blocks-flatten", "with flatten", &res.Flat
+			}
+			s.ListenSeconds, s.ReadySeconds, s.RoundSeconds, s.RoundLog, s.Ready = 0, 0, 0, "", false
+			conf, _ := write(h.dir, "Corefile."+strings.TrimPrefix(name, "coredns-"), corefile(flat))
+			if err := targetReset(tport); err != nil {
+				return nil, err
+			}
+			h.logf("start %d of %d: CoreDNS with %d server blocks %s (timeout %v)", k, cfg.BlocksStarts, n, label, limit)
+			p, err := h.procs.start(name, cfg.ServerCPU, env, cfg.CoreDNS, "-conf", conf)
 			if err != nil {
 				return nil, err
 			}
-			res.Upstream = atoi(st["total"])
-			res.MaxPerSecond = atoi(st["max1s"])
-			res.SpanSeconds = float64(atoi(st["last_ms"])-atoi(st["first_ms"])) / 1000
-			res.Names = atoi(st["synthetic_names"])
-			res.MaxPerNameType = atoi(st["synthetic_max_per_name_type"])
-		}
-		if waitErr != nil {
-			// Not ready in time: keep what was measured, say so, and stop this server.
-			s.HWMSettledKB = procStatus(p.pid, "VmHWM")
-			s.RSSSettledKB = s.RSSReadyKB
-			res.Error = fmt.Sprintf("CoreDNS %s: %v (log %s)", label, waitErr, p.log)
-			h.logf("ERROR: %s", res.Error)
+			waitErr := h.waitStartup(p, port, zoneName(0), readyPort, flat && logsRound, limit, s)
+			if h.ctx.Err() != nil {
+				return nil, h.ctx.Err()
+			}
+			if !p.alive() {
+				return nil, fmt.Errorf("CoreDNS %s exited during startup (log %s): %s", label, p.log, tail(p.log, 5))
+			}
+			max1s := 0
 			if flat {
-				h.logf("startup so far: %d upstream queries over %.1f s, at most %d in 1 s; VmRSS %d kB, VmHWM %d kB",
-					res.Upstream, res.SpanSeconds, res.MaxPerSecond, s.RSSReadyKB, s.HWMSettledKB)
+				st, err := targetStats(tport)
+				if err != nil {
+					return nil, err
+				}
+				res.Upstream, max1s = atoi(st["total"]), atoi(st["max1s"])
+				res.MaxPerSecond = max(res.MaxPerSecond, max1s)
+				res.SpanSeconds = float64(atoi(st["last_ms"])-atoi(st["first_ms"])) / 1000
+				res.Names = atoi(st["synthetic_names"])
+				res.MaxPerNameType = atoi(st["synthetic_max_per_name_type"])
+			}
+			if waitErr != nil {
+				// Not ready in time: keep what was measured, say so, and stop this server.
+				hwm := procStatus(p.pid, "VmHWM")
+				s.Starts = append(s.Starts, blocksStart{RSSReadyKB: s.RSSReadyKB, RSSSettledKB: s.RSSReadyKB, HWMSettledKB: hwm})
+				res.Error = fmt.Sprintf("CoreDNS %s: %v (log %s)", label, waitErr, p.log)
+				h.logf("ERROR: %s", res.Error)
+				if flat {
+					h.logf("startup so far: %d upstream queries over %.1f s, at most %d in 1 s; VmRSS %d kB, VmHWM %d kB",
+						res.Upstream, res.SpanSeconds, res.MaxPerSecond, s.RSSReadyKB, hwm)
+				}
+				h.procs.stop(p)
+				if !flat {
+					return nil, fmt.Errorf("%s", res.Error) // without flatten there is nothing to compare with
+				}
+				break starts
+			}
+			mem := h.settle(p)
+			if err := h.ctx.Err(); err != nil {
+				return nil, err
+			}
+			mem.RSSReadyKB = s.RSSReadyKB
+			if live, err := liveHeap(pprofPort); err == nil {
+				mem.LiveKB = live
+			} else {
+				h.logf("live heap not read: %v", err)
+			}
+			s.Starts = append(s.Starts, mem)
+			round := ""
+			if s.RoundSeconds > 0 {
+				round = fmt.Sprintf(", every block's startup round logged done after %.1f s", s.RoundSeconds)
+			}
+			h.logf("%s: listening after %.1f s, ready plugin 200 after %.1f s%s; VmRSS %d kB when ready, %d kB settled (%.0f s), VmHWM %d kB; live heap %d kB",
+				label, s.ListenSeconds, s.ReadySeconds, round, mem.RSSReadyKB, mem.RSSSettledKB, mem.SettleSecs, mem.HWMSettledKB, mem.LiveKB)
+			if flat {
+				h.logf("startup: %d upstream queries over %.1f s, at most %d in 1 s (%d names)", res.Upstream, res.SpanSeconds, max1s, res.Names)
+			}
+			if !last {
+				h.procs.stop(p)
+				continue
+			}
+
+			// Spot checks: the baseline's apex has no addresses (NOERROR, no answer) and www does
+			// not exist; with flatten each answers with its own target's address.
+			for _, i := range checks {
+				for _, q := range []struct {
+					name string
+					m    int
+				}{{zoneName(i), apexT(i)}, {"www." + zoneName(i), wwwT(i)}} {
+					var want []string
+					if flat {
+						want = []string{fmt.Sprintf("%s A 198.51.100.%d", q.name, q.m%256)}
+					}
+					got, err := h.waitAnswer(port, q.name, dns.TypeA, want, 5*time.Second)
+					if err != nil {
+						res.Error = fmt.Sprintf("CoreDNS %s: spot check: %v", label, err)
+						h.procs.stop(p)
+						break starts
+					}
+					s.Answers = append(s.Answers, blockAns{Query: q.name + " A", Answer: got})
+				}
+			}
+
+			if err := targetReset(tport); err != nil {
+				return nil, err
+			}
+			var qps []float64
+			for round := 1; round <= cfg.BlocksRounds; round++ {
+				r, _, retries, err := h.measure(fmt.Sprintf("%d blocks %s", n, label), []*proc{p, target}, fmt.Sprintf("blocks-%s-r%d", map[bool]string{false: "base", true: "flatten"}[flat], round),
+					dnsperfArgs(port, queries, cfg.Duration, cfg.Clients, cfg.Outstanding, 0))
+				if err != nil {
+					return nil, err
+				}
+				s.Retries += retries
+				s.Runs = append(s.Runs, r)
+				qps = append(qps, r.QPS)
+				h.logf("round %d: %d blocks %s: %.0f QPS (lost %d, NOERROR %d of %d, others %.0f%% of server core)",
+					round, n, label, r.QPS, r.Lost, r.NoError, r.Completed, 100*r.Foreign)
+			}
+			s.QPS = median(qps)
+			s.RSSAfterKB, s.HWMAfterKB = procStatus(p.pid, "VmRSS"), procStatus(p.pid, "VmHWM")
+			s.AnonAfterKB, s.FileAfterKB = procStatus(p.pid, "RssAnon"), procStatus(p.pid, "RssFile")
+			if flat {
+				if st, err := targetStats(tport); err == nil {
+					res.UpstreamLoad = atoi(st["total"])
+				}
+				saveMetrics(metricsPort, filepath.Join(h.raw, "blocks-metrics.txt"))
 			}
 			h.procs.stop(p)
-			if !flat {
-				return nil, fmt.Errorf("%s", res.Error) // without flatten there is nothing to compare with
-			}
-			break
 		}
-		if err := h.settle(p, s); err != nil {
-			return nil, err
-		}
-		round := ""
-		if s.RoundSeconds > 0 {
-			round = fmt.Sprintf(", every block's startup round logged done after %.1f s", s.RoundSeconds)
-		}
-		h.logf("%s: listening after %.1f s, ready plugin 200 after %.1f s%s; VmRSS %d kB when ready, %d kB settled (%.0f s), VmHWM %d kB",
-			label, s.ListenSeconds, s.ReadySeconds, round, s.RSSReadyKB, s.RSSSettledKB, s.SettleSecs, s.HWMSettledKB)
-		if flat {
-			h.logf("startup: %d upstream queries over %.1f s, at most %d in 1 s (%d names)", res.Upstream, res.SpanSeconds, res.MaxPerSecond, res.Names)
-		}
-
-		// Spot checks: the baseline's apex has no addresses (NOERROR, no answer) and www does
-		// not exist; with flatten each answers with its own target's address.
-		for _, i := range checks {
-			for _, q := range []struct {
-				name string
-				m    int
-			}{{zoneName(i), apexT(i)}, {"www." + zoneName(i), wwwT(i)}} {
-				var want []string
-				if flat {
-					want = []string{fmt.Sprintf("%s A 198.51.100.%d", q.name, q.m%256)}
-				}
-				got, err := h.waitAnswer(port, q.name, dns.TypeA, want, 5*time.Second)
-				if err != nil {
-					res.Error = fmt.Sprintf("CoreDNS %s: spot check: %v", label, err)
-					h.procs.stop(p)
-					return res, nil
-				}
-				s.Answers = append(s.Answers, blockAns{Query: q.name + " A", Answer: got})
-			}
-		}
-
-		if err := targetReset(tport); err != nil {
-			return nil, err
-		}
-		var qps []float64
-		for round := 1; round <= cfg.BlocksRounds; round++ {
-			r, _, retries, err := h.measure(fmt.Sprintf("%d blocks %s", n, label), []*proc{p, target}, fmt.Sprintf("blocks-%s-r%d", map[bool]string{false: "base", true: "flatten"}[flat], round),
-				dnsperfArgs(port, queries, cfg.Duration, cfg.Clients, cfg.Outstanding, 0))
-			if err != nil {
-				return nil, err
-			}
-			s.Retries += retries
-			s.Runs = append(s.Runs, r)
-			qps = append(qps, r.QPS)
-			h.logf("round %d: %d blocks %s: %.0f QPS (lost %d, NOERROR %d of %d, others %.0f%% of server core)",
-				round, n, label, r.QPS, r.Lost, r.NoError, r.Completed, 100*r.Foreign)
-		}
-		s.QPS = median(qps)
-		s.RSSAfterKB, s.HWMAfterKB = procStatus(p.pid, "VmRSS"), procStatus(p.pid, "VmHWM")
-		s.AnonAfterKB, s.FileAfterKB = procStatus(p.pid, "RssAnon"), procStatus(p.pid, "RssFile")
-		if flat {
-			if st, err := targetStats(tport); err == nil {
-				res.UpstreamLoad = atoi(st["total"])
-			}
-			saveMetrics(metricsPort, filepath.Join(h.raw, "blocks-metrics.txt"))
-		}
-		h.procs.stop(p)
 	}
+	res.Base.summarize()
+	res.Flat.summarize()
 	h.procs.stop(target)
 	return res, nil
 }
@@ -377,13 +433,13 @@ func (h *harness) waitStartup(p *proc, port int, zone string, readyPort int, rou
 }
 
 // settle waits until VmRSS has changed by less than 1% (or 256 kB) in each of two seconds in a
-// row, at most 30 s, and records it and VmHWM.
-func (h *harness) settle(p *proc, s *blocksServer) error {
+// row, at most 30 s, and returns it and VmHWM.
+func (h *harness) settle(p *proc) blocksStart {
 	start := time.Now()
 	prev := procStatus(p.pid, "VmRSS")
 	for stable := 0; stable < 2 && time.Since(start) < 30*time.Second; {
-		if err := h.sleep(time.Second); err != nil {
-			return err
+		if h.sleep(time.Second) != nil {
+			break
 		}
 		cur := procStatus(p.pid, "VmRSS")
 		d := cur - prev
@@ -397,9 +453,35 @@ func (h *harness) settle(p *proc, s *blocksServer) error {
 			stable = 0
 		}
 	}
-	s.SettleSecs = time.Since(start).Seconds()
-	s.RSSSettledKB, s.HWMSettledKB = prev, procStatus(p.pid, "VmHWM")
-	return nil
+	return blocksStart{SettleSecs: time.Since(start).Seconds(), RSSSettledKB: prev, HWMSettledKB: procStatus(p.pid, "VmHWM")}
+}
+
+// liveHeap is the server's live heap in kB: HeapAlloc after a collection, from the heap profile
+// of the pprof plugin at port (gc=1 collects first; debug=1 appends runtime.MemStats).
+func liveHeap(port int) (int, error) {
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/heap?gc=1&debug=1", port))
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	const key = "\n# HeapAlloc = "
+	i := bytes.Index(b, []byte(key))
+	if i < 0 {
+		return 0, fmt.Errorf("no HeapAlloc in the heap profile (HTTP %d)", resp.StatusCode)
+	}
+	v := b[i+len(key):]
+	if j := bytes.IndexByte(v, '\n'); j >= 0 {
+		v = v[:j]
+	}
+	n, err := strconv.Atoi(string(v))
+	if err != nil {
+		return 0, fmt.Errorf("HeapAlloc %q: %v", v, err)
+	}
+	return n / 1024, nil
 }
 
 // saveMetrics keeps the prometheus endpoint's text in path (for reading later; best effort).

@@ -35,6 +35,7 @@ type config struct {
 	Sample        int           `json:"sample"`         // names of the big case (blocks of the blocks case) in its dnsperf file
 	Blocks        int           `json:"blocks"`         // server blocks of the blocks case
 	BlocksRounds  int           `json:"blocks_rounds"`  // max-QPS runs of each server of the blocks case
+	BlocksStarts  int           `json:"blocks_starts"`  // starts of each server of the blocks case, for its memory
 	BlocksTimeout time.Duration `json:"blocks_timeout"` // from exec to ready, for each server of the blocks case
 	RefreshRate   int           `json:"refresh_rate"`   // 0: not written (the plugin's default applies)
 	BigDelay      string        `json:"big_delay"`
@@ -102,6 +103,7 @@ func loadConfig() config {
 	c.Sample = env("SAMPLE", 10000)
 	c.Blocks = env("BLOCKS", pick(10000, 1000))
 	c.BlocksRounds = env("BLOCKS_ROUNDS", min(c.Rounds, 3))
+	c.BlocksStarts = env("BLOCKS_STARTS", pick(5, 2))
 	c.BlocksTimeout = time.Duration(env("BLOCKS_TIMEOUT", pick(900, 180))) * time.Second
 	c.RefreshRate = env("RATE", 0)
 	c.BigDelay = envStr("BIG_DELAY", "0s")
@@ -138,8 +140,8 @@ func loadConfig() config {
 		fmt.Fprintln(os.Stderr, "harness: AGENCY_CHANGES must be at least 1")
 		os.Exit(2)
 	}
-	if c.BlocksRounds < 1 {
-		fmt.Fprintln(os.Stderr, "harness: BLOCKS_ROUNDS must be at least 1")
+	if c.BlocksRounds < 1 || c.BlocksStarts < 1 {
+		fmt.Fprintln(os.Stderr, "harness: BLOCKS_ROUNDS and BLOCKS_STARTS must be at least 1")
 		os.Exit(2)
 	}
 	return c
