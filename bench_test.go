@@ -278,8 +278,9 @@ func TestMemoryPerBlock(t *testing.T) {
 	}
 	per := (int64(flat) - int64(base)) / blocks
 	t.Logf("%d blocks: %d bytes of heap without flatten, %d with, %d per block", blocks, base, flat, per)
-	if per > 800 {
-		t.Errorf("a block with flatten costs %d bytes of heap more than without; want at most 800", per)
+	// 625 bytes measured; 750 when every block kept its own copy of the pool's settings.
+	if per > 680 {
+		t.Errorf("a block with flatten costs %d bytes of heap more than without; want at most 680", per)
 	}
 }
 

@@ -25,18 +25,11 @@ const (
 // config is a server block's flatten settings: built once by parse (and setup, which adds the
 // metrics label), then only read, by the handler, the cache and the health checker alike.
 type config struct {
-	zones      []string
-	upstreams  []string // resolver addresses; empty: resolve through this server
-	maxDepth   int
-	timeout    time.Duration // the most a client waits for a resolution
-	ttlMin     uint32
-	ttlMax     uint32
-	capacity   int           // most slots the cache makes on demand
-	prefetch   float64       // refresh when less than this fraction of the lifetime is left
-	serveStale time.Duration // how long past expiry an entry may be served (RFC 8767)
-	// refreshRate is the most upstream queries per second made by background resolution: the
-	// startup round and the scheduled refresh of configured aliases.
-	refreshRate int
+	zones []string
+	// settings are how the block resolves and caches, which the blocks of a pool have in common
+	// (poolKey): the members of a pool share its first member's (pool.join), so that a block of
+	// the 10,000 of a DNS host keeps only what is its own (TestMemoryPerBlock).
+	*settings
 
 	zoneAlias bool // `zone_alias`
 	// https is `https`: HTTPS queries at flattened names get the target's HTTPS records.
@@ -44,10 +37,8 @@ type config struct {
 	// transferAlias is `transfer_alias`: zone transfers carry ALIAS records, not addresses.
 	transferAlias bool
 	cnames        *cnameNames // `cname NAMES...`; nil without
-	ecs           *ecsConfig  // `ecs`; nil when off (ecs.go)
 	// explainNets are the clients that may ask for _flatten.NAME TXT; nil without `explain`.
 	explainNets []netip.Prefix
-	health      *healthConfig // `health_check`; nil when off
 	notify      *notifyConfig // `notify_from`; nil without
 
 	// sec is the security options (policy.go); nil when the block gives none. One pointer: a
@@ -59,6 +50,23 @@ type config struct {
 	labels metricLabels
 }
 
+// settings are the options that say how names are resolved and cached.
+type settings struct {
+	upstreams  []string // resolver addresses; empty: resolve through this server
+	maxDepth   int
+	timeout    time.Duration // the most a client waits for a resolution
+	ttlMin     uint32
+	ttlMax     uint32
+	capacity   int           // most slots the cache makes on demand
+	prefetch   float64       // refresh when less than this fraction of the lifetime is left
+	serveStale time.Duration // how long past expiry an entry may be served (RFC 8767)
+	// refreshRate is the most upstream queries per second made by background resolution: the
+	// startup round and the scheduled refresh of configured aliases.
+	refreshRate int
+	ecs         *ecsConfig    // `ecs`; nil when off (ecs.go)
+	health      *healthConfig // `health_check`; nil when off
+}
+
 // healthConfig is `health_check tcp PORT [INTERVAL]`.
 type healthConfig struct {
 	port     int
@@ -67,7 +75,7 @@ type healthConfig struct {
 }
 
 func newConfig() *config {
-	return &config{
+	return &config{settings: &settings{
 		maxDepth:    defaultMaxDepth,
 		timeout:     defaultTimeout,
 		ttlMin:      defaultTTLMin,
@@ -76,7 +84,7 @@ func newConfig() *config {
 		prefetch:    defaultPrefetch,
 		serveStale:  defaultServeStale,
 		refreshRate: defaultRefreshRate,
-	}
+	}}
 }
 
 // clampTTL bounds a TTL by `ttl MIN MAX`.

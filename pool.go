@@ -105,7 +105,8 @@ func newPool(key string, cfg *config) *pool {
 }
 
 // join adds f to p and points f's aliases at p's targets: the first member's as they are, a later
-// member's at the target of the same name when one is already in p.
+// member's at the target of the same name when one is already in p. A later member also takes
+// the first member's settings and listener label, equal to its own (poolKey), and drops its copy.
 func (p *pool) join(f *Flatten) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -114,6 +115,8 @@ func (p *pool) join(f *Flatten) {
 	if len(p.members) == 1 {
 		return
 	}
+	first := p.members[0].cfg
+	f.cfg.settings, f.cfg.labels.server = first.settings, first.labels.server
 	if p.pins == nil {
 		p.pins = map[string]*pinnedTarget{}
 		for _, t := range p.members[0].aliases.targets() {
@@ -141,9 +144,10 @@ func (p *pool) build() {
 	}
 	p.cfg = p.members[0].cfg
 	if n := len(p.members); n > 1 {
-		cfg := *p.cfg
+		cfg, set := *p.cfg, *p.cfg.settings
 		cfg.labels.zones = ""
-		cfg.capacity *= n
+		set.capacity *= n
+		cfg.settings = &set
 		p.cfg = &cfg
 	}
 	var pins []*pinnedTarget

@@ -3,6 +3,7 @@ package flatten
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -34,6 +35,13 @@ func TestBlocksSharePool(t *testing.T) {
 	}
 	if a.pool.cache.pinned("client1.agency.test.") != b.pool.cache.pinned("client1.agency.test.") {
 		t.Errorf("a.test and b.test do not share the pinned target")
+	}
+	// Members of a pool keep one copy of its settings, and each its own zones and labels.
+	if a.cfg.settings != b.cfg.settings || a.cfg.settings == c.cfg.settings {
+		t.Errorf("settings: a.test %p, b.test %p, c.test %p; want a and b to share them", a.cfg.settings, b.cfg.settings, c.cfg.settings)
+	}
+	if b.cfg.timeout != 2*time.Second || c.cfg.timeout != 3*time.Second || b.cfg.labels.zones != "b.test." {
+		t.Errorf("b.test: timeout %v, zones %q; c.test: timeout %v; want 2s, b.test. and 3s", b.cfg.timeout, b.cfg.labels.zones, c.cfg.timeout)
 	}
 	// One pool of two blocks and one of one: one question per type each.
 	waitFor(t, "the startup rounds", func() bool { return a.Ready() && c.Ready() })

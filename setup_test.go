@@ -63,8 +63,8 @@ func checkParseErr(t *testing.T, i int, err error, shouldErr bool, expectedErr s
 	return false
 }
 
-// settings are the option values parse sets, to compare a whole row at once.
-type settings struct {
+// optionValues are the option values parse sets, to compare a whole row at once.
+type optionValues struct {
 	maxDepth   int
 	timeout    time.Duration
 	ttlMin     uint32
@@ -75,8 +75,8 @@ type settings struct {
 	refresh    int
 }
 
-func settingsOf(f *Flatten) settings {
-	return settings{
+func settingsOf(f *Flatten) optionValues {
+	return optionValues{
 		maxDepth:   f.cfg.maxDepth,
 		timeout:    f.cfg.timeout,
 		ttlMin:     f.cfg.ttlMin,
@@ -90,7 +90,7 @@ func settingsOf(f *Flatten) settings {
 
 // defaultSettings are the documented option defaults, spelled out rather than taken from the
 // constants so that a changed default fails here.
-var defaultSettings = settings{
+var defaultSettings = optionValues{
 	maxDepth:   8,
 	timeout:    2 * time.Second,
 	ttlMin:     5,
@@ -102,7 +102,7 @@ var defaultSettings = settings{
 }
 
 // with returns the defaultSettings changed by fn.
-func settingsWith(fn func(s *settings)) settings {
+func settingsWith(fn func(s *optionValues)) optionValues {
 	s := defaultSettings
 	fn(&s)
 	return s
@@ -626,7 +626,7 @@ func TestParseOptions(t *testing.T) {
 		shouldErr   bool
 		expectedErr string
 		line        int
-		expected    settings
+		expected    optionValues
 	}{
 		// 0
 		{`flatten {
@@ -636,72 +636,72 @@ func TestParseOptions(t *testing.T) {
 		{`flatten {
 			alias @ target.example.net.
 			max_depth 1
-		}`, false, "", 0, settingsWith(func(s *settings) { s.maxDepth = 1 })},
+		}`, false, "", 0, settingsWith(func(s *optionValues) { s.maxDepth = 1 })},
 		// 2
 		{`flatten {
 			alias @ target.example.net.
 			max_depth 16
-		}`, false, "", 0, settingsWith(func(s *settings) { s.maxDepth = 16 })},
+		}`, false, "", 0, settingsWith(func(s *optionValues) { s.maxDepth = 16 })},
 		// 3
 		{`flatten {
 			alias @ target.example.net.
 			timeout 500ms
-		}`, false, "", 0, settingsWith(func(s *settings) { s.timeout = 500 * time.Millisecond })},
+		}`, false, "", 0, settingsWith(func(s *optionValues) { s.timeout = 500 * time.Millisecond })},
 		// 4
 		{`flatten {
 			alias @ target.example.net.
 			ttl 0 0
-		}`, false, "", 0, settingsWith(func(s *settings) { s.ttlMin, s.ttlMax = 0, 0 })},
+		}`, false, "", 0, settingsWith(func(s *optionValues) { s.ttlMin, s.ttlMax = 0, 0 })},
 		// 5
 		{`flatten {
 			alias @ target.example.net.
 			ttl 30 300
-		}`, false, "", 0, settingsWith(func(s *settings) { s.ttlMin, s.ttlMax = 30, 300 })},
+		}`, false, "", 0, settingsWith(func(s *optionValues) { s.ttlMin, s.ttlMax = 30, 300 })},
 		// 6: MIN may equal MAX; 2^31-1 is the largest TTL (RFC 2181 8).
 		{`flatten {
 			alias @ target.example.net.
 			ttl 2147483647 2147483647
-		}`, false, "", 0, settingsWith(func(s *settings) { s.ttlMin, s.ttlMax = 1<<31-1, 1<<31-1 })},
+		}`, false, "", 0, settingsWith(func(s *optionValues) { s.ttlMin, s.ttlMax = 1<<31-1, 1<<31-1 })},
 		// 7
 		{`flatten {
 			alias @ target.example.net.
 			cache 1
-		}`, false, "", 0, settingsWith(func(s *settings) { s.capacity = 1 })},
+		}`, false, "", 0, settingsWith(func(s *optionValues) { s.capacity = 1 })},
 		// 8
 		{`flatten {
 			alias @ target.example.net.
 			prefetch
-		}`, false, "", 0, settingsWith(func(s *settings) { s.prefetch = 0.10 })},
+		}`, false, "", 0, settingsWith(func(s *optionValues) { s.prefetch = 0.10 })},
 		// 9
 		{`flatten {
 			alias @ target.example.net.
 			prefetch 50%
-		}`, false, "", 0, settingsWith(func(s *settings) { s.prefetch = 0.50 })},
+		}`, false, "", 0, settingsWith(func(s *optionValues) { s.prefetch = 0.50 })},
 		// 10
 		{`flatten {
 			alias @ target.example.net.
 			prefetch 1%
-		}`, false, "", 0, settingsWith(func(s *settings) { s.prefetch = 0.01 })},
+		}`, false, "", 0, settingsWith(func(s *optionValues) { s.prefetch = 0.01 })},
 		// 11
 		{`flatten {
 			alias @ target.example.net.
 			prefetch 99%
-		}`, false, "", 0, settingsWith(func(s *settings) { s.prefetch = 0.99 })},
+		}`, false, "", 0, settingsWith(func(s *optionValues) { s.prefetch = 0.99 })},
 		// 12
 		{`flatten {
 			alias @ target.example.net.
 			serve_stale
-		}`, false, "", 0, settingsWith(func(s *settings) { s.serveStale = time.Hour })},
+		}`, false, "", 0, settingsWith(func(s *optionValues) { s.serveStale = time.Hour })},
 		// 13: 0 turns serving stale off.
 		{`flatten {
 			alias @ target.example.net.
 			serve_stale 0
-		}`, false, "", 0, settingsWith(func(s *settings) { s.serveStale = 0 })},
+		}`, false, "", 0, settingsWith(func(s *optionValues) { s.serveStale = 0 })},
 		// 14
 		{`flatten {
 			alias @ target.example.net.
 			serve_stale 10m
-		}`, false, "", 0, settingsWith(func(s *settings) { s.serveStale = 10 * time.Minute })},
+		}`, false, "", 0, settingsWith(func(s *optionValues) { s.serveStale = 10 * time.Minute })},
 		// 15: every option at once, in any order among the aliases.
 		{`flatten {
 			serve_stale 24h
@@ -713,7 +713,7 @@ func TestParseOptions(t *testing.T) {
 			ttl 60 600
 			cache 500
 			prefetch 20%
-		}`, false, "", 0, settings{
+		}`, false, "", 0, optionValues{
 			maxDepth: 4, timeout: 3 * time.Second, ttlMin: 60, ttlMax: 600,
 			capacity: 500, prefetch: 0.20, serveStale: 24 * time.Hour, refresh: 1000,
 		}},
@@ -931,7 +931,7 @@ func TestParseOptions(t *testing.T) {
 		{`flatten {
 			alias @ target.example.net.
 			refresh_rate 50
-		}`, false, "", 0, settingsWith(func(s *settings) { s.refresh = 50 })},
+		}`, false, "", 0, settingsWith(func(s *optionValues) { s.refresh = 50 })},
 		// 56
 		{`flatten {
 			alias @ target.example.net.
