@@ -299,7 +299,7 @@ func (c *cache) await(ctx context.Context, s *slot, q *question) (*entry, *resol
 		fl = &flight{done: make(chan struct{})} // not put on the slot
 		c.launch(ctx, s, fl, q)
 	} else {
-		fl, _ = c.claim(ctx, s, q)
+		fl, _ = c.claim(ctx, s, q, func(e *entry) bool { return e != nil && c.now().Before(e.expires()) })
 	}
 	t := time.NewTimer(c.cfg.timeout)
 	defer t.Stop()
@@ -328,9 +328,19 @@ func (c *cache) usable(e *entry, now time.Time) bool {
 // slot, one wins the swap and resolves, the others join its flight. ctx gives the resolution the
 // server to resolve through, not its lifetime: a flight outlives the client that started it, up
 // to the timeout, and ends when the cache stops.
-func (c *cache) claim(ctx context.Context, s *slot, q *question) (*flight, bool) {
+//
+// A caller that found no usable entry may come just after a flight ended: run stores the entry
+// before it takes the flight off the slot, so with enough (the entry it needs, nil for a refresh
+// that is wanted whatever is stored) claim looks again once it finds no flight, and returns that
+// entry as a flight already landed instead of asking upstream a second time.
+func (c *cache) claim(ctx context.Context, s *slot, q *question, enough func(*entry) bool) (*flight, bool) {
 	for {
 		if fl := s.flight.Load(); fl != nil {
+			return fl, false
+		}
+		if e := s.good.Load(); enough != nil && enough(e) {
+			fl := &flight{done: make(chan struct{}), entry: e}
+			close(fl.done)
 			return fl, false
 		}
 		fl := &flight{done: make(chan struct{})}
@@ -364,7 +374,7 @@ func (c *cache) refreshAsync(ctx context.Context, s *slot, q *question) {
 	if c.bg.done() {
 		return
 	}
-	if _, started := c.claim(ctx, s, q); started {
+	if _, started := c.claim(ctx, s, q, nil); started {
 		q.tally.refreshes.Add(1)
 	}
 }

@@ -242,6 +242,39 @@ func TestCacheConcurrentMissesCoalesce(t *testing.T) {
 	}
 }
 
+// TestCacheLateCallerJoinsLandedFlight: a client that found no answer, and whose claim comes just
+// after another resolution of the slot ended (the startup round's, say), gets that resolution's
+// answer: it does not ask upstream a second time. A refresh that is wanted anyway still asks.
+func TestCacheLateCallerJoinsLandedFlight(t *testing.T) {
+	clk := newFakeClock()
+	r := newFakeResolver(300)
+	c := newTestCache(r, clk)
+	s := c.slotFor(keyA)
+	first, _, _ := c.get(context.Background(), s, &question{key: s.key()})
+	if r.count(keyA) != 1 || s.flight.Load() != nil {
+		t.Fatalf("setup: %d resolutions, flight %v; want 1 and none", r.count(keyA), s.flight.Load())
+	}
+
+	// Where get goes when it looked before the entry was stored.
+	e, err := c.await(context.Background(), s, &question{key: s.key()})
+	if err != nil || e != first {
+		t.Errorf("late caller: entry %v, error %v; want the landed flight's entry", e, err)
+	}
+	if n := r.count(keyA); n != 1 {
+		t.Errorf("late caller caused %d resolutions in all, want 1", n)
+	}
+
+	// Once that entry has expired, the caller resolves.
+	clk.advance(301 * time.Second)
+	if e, err = c.await(context.Background(), s, &question{key: s.key()}); err != nil || e == first || r.count(keyA) != 2 {
+		t.Errorf("after expiry: same entry %v, error %v, %d resolutions; want a new entry and 2", e == first, err, r.count(keyA))
+	}
+
+	// A refresh ahead of expiry asks although the entry is fresh.
+	c.refreshAsync(context.Background(), s, &question{key: s.key(), tally: c.tally})
+	waitFor(t, "the refresh", func() bool { return r.count(keyA) == 3 })
+}
+
 func TestCacheCapacityNeverExceeded(t *testing.T) {
 	clk := newFakeClock()
 	r := newFakeResolver(300)

@@ -167,25 +167,19 @@ func (c *cache) refreshPinned(s *slot) {
 	if c.limiter.Wait(c.bg.ctx) != nil {
 		return // stopping
 	}
-	// The flight first, then the entry: run stores the entry before it takes its flight off the
-	// slot, so a client's resolution that ended meanwhile is seen here and not resolved again.
-	fl := s.flight.Load()
-	if e := s.good.Load(); fl == nil && e != nil && c.now().Before(e.expires().Add(-c.refreshLead(e))) {
-		// A query resolved it since it was scheduled (at startup, typically): not due yet.
-		fl = &flight{entry: e}
-	} else {
-		if fl == nil {
-			var started bool
-			q := question{key: s.key(), pace: c.limiter, tally: c.tally}
-			if fl, started = c.claim(c.bg.ctx, s, &q); started {
-				q.tally.refreshes.Add(1)
-			}
-		}
-		select {
-		case <-fl.done:
-		case <-c.bg.ctx.Done():
-			return
-		}
+	// A query may have resolved it since it was scheduled (at startup, typically): then it is
+	// not due yet, and claim returns that answer instead of asking again.
+	q := question{key: s.key(), pace: c.limiter, tally: c.tally}
+	fl, started := c.claim(c.bg.ctx, s, &q, func(e *entry) bool {
+		return e != nil && c.now().Before(e.expires().Add(-c.refreshLead(e)))
+	})
+	if started {
+		q.tally.refreshes.Add(1)
+	}
+	select {
+	case <-fl.done:
+	case <-c.bg.ctx.Done():
+		return
 	}
 
 	now := c.now()
