@@ -2,6 +2,17 @@ package flatten
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -252,4 +263,97 @@ func TestSecureTargetsHTTPS(t *testing.T) {
 	if e := ede(m); m.Rcode != dns.RcodeServerFailure || e == nil || e.InfoCode != dns.ExtendedErrorCodeDNSSECIndeterminate {
 		t.Errorf("a hop without AD: want SERVFAIL with EDE 5, got\n%v", m)
 	}
+}
+
+// TestSecureTargetsThroughForwardTLS: the deployment the README names for `dnssec_targets secure`
+// without a validating resolver on loopback: flatten resolves through this server, whose *forward*
+// reaches the validating resolver over TLS. The questions carry DO and AD through *forward*, the
+// resolver's AD comes back through it, and a chain the resolver did not validate gets EDE 5.
+func TestSecureTargetsThroughForwardTLS(t *testing.T) {
+	u := newFakeUpstream(t, agencyRecords...)
+	u.add(t, "plain.agency.test. 300 IN A 192.0.2.40")
+	for _, name := range []string{"client1.agency.test.", "client2.agency.test.", "server1.agency.test."} {
+		u.handle(name, func(w dns.ResponseWriter, r *dns.Msg) {
+			m := u.answer(r)
+			o := r.IsEdns0()
+			m.AuthenticatedData = o != nil && o.Do() && r.AuthenticatedData
+			w.WriteMsg(m)
+		})
+	}
+	// The resolver's DNS over TLS listener (RFC 7858), with a certificate for dot.test that the
+	// forward block trusts as its CA.
+	certPEM, keyPEM := selfSignedCert(t, "dot.test")
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dot := &dns.Server{Listener: l, Net: "tcp-tls", Handler: dns.HandlerFunc(u.serve)}
+	go dot.ActivateAndServe()
+	t.Cleanup(func() { dot.Shutdown() })
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, certPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	addr, _ := startCoreDNS(t, `example.org:0 {
+	bind 127.0.0.1
+	flatten {
+		alias @ client1.agency.test
+		alias plain plain.agency.test
+		dnssec_targets secure
+	}
+	file `+exampleZone(t)+` example.org
+}
+agency.test:0 {
+	bind 127.0.0.1
+	forward . tls://`+l.Addr().String()+` {
+		tls `+ca+`
+		tls_servername dot.test
+	}
+}
+`)
+	checkAddrs(t, query(t, addr, "udp", "example.org.", dns.TypeA, 1232), "example.org.", "192.0.2.10", "192.0.2.11")
+	m := query(t, addr, "udp", "plain.example.org.", dns.TypeA, 1232)
+	if e := ede(m); m.Rcode != dns.RcodeServerFailure || e == nil || e.InfoCode != dns.ExtendedErrorCodeDNSSECIndeterminate {
+		t.Errorf("plain: want SERVFAIL with EDE 5, got %v", m)
+	}
+	if n := u.count("server1.agency.test.", dns.TypeA); n < 1 {
+		t.Errorf("the resolver got %d questions for server1 A over TLS, want at least 1", n)
+	}
+}
+
+// selfSignedCert returns a PEM certificate for name and 127.0.0.1, signed by its own key, and
+// the key.
+func selfSignedCert(t *testing.T, name string) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: name},
+		DNSNames:              []string{name},
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
 }
