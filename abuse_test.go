@@ -321,7 +321,7 @@ func TestFloodDuringOutage(t *testing.T) {
 	if s := flood(); s != 2000 {
 		t.Errorf("second flood: %d of 2000 answered stale with EDE 3", s)
 	}
-	rig.f.pool.cache.bg.wg.Wait() // the background retry
+	rig.f.pool.cache.bg.settle() // the background retry
 	if n := u.count(faultTarget, dns.TypeA); n != 3 {
 		t.Errorf("after the second flood: %d questions in all, want 3", n)
 	}

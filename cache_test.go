@@ -164,7 +164,7 @@ func TestCachePrefetchAtThreshold(t *testing.T) {
 
 	clk.advance(89 * time.Second) // 11% left: not yet
 	c.get(context.Background(), s, &question{key: s.key()})
-	c.bg.wg.Wait()
+	c.bg.settle()
 	if n := r.count(keyA); n != 1 {
 		t.Fatalf("prefetch fired with 11%% of the TTL left (%d resolutions)", n)
 	}
@@ -173,7 +173,7 @@ func TestCachePrefetchAtThreshold(t *testing.T) {
 	if src != srcFresh || lastOctet(e) != 1 {
 		t.Errorf("the query that triggers a prefetch is answered from the entry it has: src %d .%d", src, lastOctet(e))
 	}
-	c.bg.wg.Wait()
+	c.bg.settle()
 	if n := r.count(keyA); n != 2 {
 		t.Fatalf("prefetch did not fire with 9%% left (%d resolutions)", n)
 	}
@@ -351,7 +351,7 @@ func TestCacheFailureLadder(t *testing.T) {
 	if _, src, _ = c.get(context.Background(), s, &question{key: s.key()}); src != srcStale {
 		t.Errorf("retry after the failure memory: src %d, want stale without waiting", src)
 	}
-	c.bg.wg.Wait()
+	c.bg.settle()
 	if n := r.count(keyA); n != calls+1 {
 		t.Errorf("retry after the failure memory: %d resolutions, want 1", n-calls)
 	}

@@ -621,7 +621,7 @@ func TestECSRefreshFollowsDemand(t *testing.T) {
 		ask(fmt.Sprintf("198.51.%d.1/32", 100+i))
 	}
 	close(gate)
-	rig.f.pool.cache.bg.wg.Wait() // the refreshes have ended
+	rig.f.pool.cache.bg.settle() // the refreshes have ended
 	for net, want := range map[string]int{"192.0.2.0/24": 2, "192.0.3.0/24": 1, "198.51.100.0/24": 2, "198.51.101.0/24": 0} {
 		if n := g.count(dns.TypeA, net); n != want {
 			t.Errorf("%s asked %d times, want %d", net, n, want)

@@ -766,7 +766,7 @@ func TestFaults(t *testing.T) {
 			// What the cache holds, once the resolution the query started has ended (a client
 			// that gave up at the timeout may have its SERVFAIL before the flight has stored the
 			// failure).
-			rig.f.pool.cache.bg.wg.Wait()
+			rig.f.pool.cache.bg.settle()
 			s := rig.slot(t, "example.org.", qtype)
 			e := s.good.Load()
 			switch {

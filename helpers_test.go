@@ -544,3 +544,13 @@ func (v *zoneVersions) forget() {
 	defer v.mu.Unlock()
 	v.m = map[string]*zoneVersion{}
 }
+
+// settle waits until the goroutines b has started so far have ended, and then takes b's lock,
+// which spawn takes before it adds to the WaitGroup. A WaitGroup may be used again after Wait
+// only if that Add happens after it, and the query that starts the next resolution reaches the
+// server over a socket, which the race detector does not count as an order: the lock is.
+func (b *background) settle() {
+	b.wg.Wait()
+	b.mu.Lock()
+	b.mu.Unlock()
+}
