@@ -193,8 +193,10 @@ func TestSecureTargetsPoolKey(t *testing.T) {
 	}
 }
 
-// The validation outcomes are counted, and explain shows each chain's state.
-func TestSecureTargetsMetricsAndExplain(t *testing.T) {
+// validatingUpstream answers as a validating resolver would for the agency chain (client1 CNAME
+// client2 CNAME server1): with AD when the question asks for validation (DO and AD set); and
+// plain.agency.test A 192.0.2.40, unsigned, never with AD.
+func validatingUpstream(t *testing.T) *fakeUpstream {
 	u := newFakeUpstream(t, agencyRecords...)
 	u.add(t, "plain.agency.test. 300 IN A 192.0.2.40")
 	for _, name := range []string{"client1.agency.test.", "client2.agency.test.", "server1.agency.test."} {
@@ -205,6 +207,12 @@ func TestSecureTargetsMetricsAndExplain(t *testing.T) {
 			w.WriteMsg(m)
 		})
 	}
+	return u
+}
+
+// The validation outcomes are counted, and explain shows each chain's state.
+func TestSecureTargetsMetricsAndExplain(t *testing.T) {
+	u := validatingUpstream(t)
 	addr, _ := startCoreDNS(t, `example.org:0 {
 	bind 127.0.0.1
 	flatten {
@@ -270,16 +278,7 @@ func TestSecureTargetsHTTPS(t *testing.T) {
 // reaches the validating resolver over TLS. The questions carry DO and AD through *forward*, the
 // resolver's AD comes back through it, and a chain the resolver did not validate gets EDE 5.
 func TestSecureTargetsThroughForwardTLS(t *testing.T) {
-	u := newFakeUpstream(t, agencyRecords...)
-	u.add(t, "plain.agency.test. 300 IN A 192.0.2.40")
-	for _, name := range []string{"client1.agency.test.", "client2.agency.test.", "server1.agency.test."} {
-		u.handle(name, func(w dns.ResponseWriter, r *dns.Msg) {
-			m := u.answer(r)
-			o := r.IsEdns0()
-			m.AuthenticatedData = o != nil && o.Do() && r.AuthenticatedData
-			w.WriteMsg(m)
-		})
-	}
+	u := validatingUpstream(t)
 	// The resolver's DNS over TLS listener (RFC 7858), with a certificate for dot.test that the
 	// forward block trusts as its CA.
 	certPEM, keyPEM := selfSignedCert(t, "dot.test")
